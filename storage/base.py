@@ -1,0 +1,97 @@
+"""The object store contract and its exceptions."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO, Protocol, runtime_checkable
+
+
+class StorageError(Exception):
+    """The store could not complete an operation (I/O error, server unreachable, disk full)."""
+
+
+class ObjectNotFound(StorageError):
+    """No object is stored under the key."""
+
+    def __init__(self, key: str) -> None:
+        super().__init__(f"object {key!r} not found")
+        self.key = key
+
+
+class ObjectExists(StorageError):
+    """An object is already stored under the key; keys are never overwritten."""
+
+    def __init__(self, key: str) -> None:
+        super().__init__(f"object {key!r} already exists; keys are never overwritten")
+        self.key = key
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    key: str
+    size: int
+    modified: dt.datetime  # timezone-aware, UTC
+
+
+@runtime_checkable
+class ObjectWriter(Protocol):
+    """An object being written: bytes go in as they arrive, and nothing is promised until commit.
+
+    ``path`` is a local file holding the bytes written so far, readable before the commit (the
+    archive checks a received object there before deciding to keep it).
+    """
+
+    key: str
+    path: Path
+
+    def write(self, data: bytes | bytearray | memoryview) -> int: ...
+
+    def commit(self) -> None:
+        """Make the object durable under ``key``; on return it survives a crash."""
+        ...
+
+    def abort(self) -> None:
+        """Discard what was written, unless committed (then it does nothing: a committed object
+        is removed with :meth:`ObjectStore.delete`). Safe to call more than once."""
+        ...
+
+
+@runtime_checkable
+class ObjectStore(Protocol):
+    """What the archive needs from a place that keeps bytes."""
+
+    #: A human-readable location for logs and the start-up line (no secrets).
+    location: str
+
+    def put_file(self, key: str, path: Path) -> None:
+        """Store a copy of the file at ``path`` under ``key``; durable when this returns."""
+        ...
+
+    def create(self, key: str) -> ObjectWriter:
+        """Start writing a new object under ``key`` (:class:`ObjectExists` if the key is taken)."""
+        ...
+
+    def open(self, key: str) -> BinaryIO:
+        """Open the whole object for sequential reading (the caller closes it)."""
+        ...
+
+    def read_range(self, key: str, offset: int, length: int) -> bytes:
+        """Read ``length`` bytes from ``offset``; fewer only at the end of the object."""
+        ...
+
+    def stat(self, key: str) -> ObjectInfo: ...
+
+    def delete(self, key: str) -> None: ...
+
+    def iter_objects(self) -> Iterator[ObjectInfo]:
+        """Every stored object, in no particular order (for consistency checks)."""
+        ...
+
+    def check(self) -> None:
+        """Raise :class:`StorageError` unless the store is reachable and writable."""
+        ...
+
+    def close(self) -> None: ...

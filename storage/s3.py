@@ -1,0 +1,234 @@
+"""Objects in an S3-compatible bucket (MinIO in production), through the ``minio`` SDK.
+
+A put returns after the upload completed (single PUT, or multipart for objects above
+``part_size``), which is S3's point of durability. S3 has no portable "create only if absent",
+so :meth:`S3Store.put_file` checks for the key first; keys are random 128-bit values made by the
+archive, the check guards against a bug reusing one rather than against a race.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import io
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, BinaryIO, cast
+
+import urllib3
+from minio import Minio
+from minio.error import MinioException, S3Error
+
+from storage.base import ObjectExists, ObjectInfo, ObjectNotFound, StorageError
+
+_MISSING = {"NoSuchKey", "NoSuchObject", "ResourceNotFound"}
+DEFAULT_PART_SIZE = 16 * 1024 * 1024  # minio reads a part into memory, up to 3 in parallel
+
+
+class _Body(io.RawIOBase):
+    """A streamed GET body as a raw binary file; closing returns the connection to the pool."""
+
+    def __init__(self, response: Any) -> None:
+        super().__init__()
+        self._response = response
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        data = self._response.read(len(buffer))
+        n = len(data)
+        buffer[:n] = data
+        return n
+
+    def close(self) -> None:
+        if not self.closed:
+            self._response.close()
+            self._response.release_conn()
+        super().close()
+
+
+class S3ObjectWriter:
+    """Spools the object to a local file; :meth:`commit` uploads it (multipart when large)."""
+
+    def __init__(self, store: S3Store, key: str, staging: Path) -> None:
+        self.key = key
+        self._store = store
+        fd, name = tempfile.mkstemp(dir=staging, prefix="s3-", suffix=".part")
+        self.path = Path(name)
+        self._file: BinaryIO | None = os.fdopen(fd, "wb", buffering=0)
+        self._committed = False
+
+    def write(self, data: bytes | bytearray | memoryview) -> int:
+        if self._file is None:
+            raise StorageError(f"object {self.key!r} is closed for writing")
+        self._file.write(data)
+        return len(data)
+
+    def commit(self) -> None:
+        if self._file is None:
+            raise StorageError(f"object {self.key!r} was already committed or aborted")
+        self._file.close()
+        self._file = None
+        try:
+            self._store.put_file(self.key, self.path)
+        finally:
+            self.path.unlink(missing_ok=True)
+        self._committed = True
+
+    def abort(self) -> None:
+        if self._committed:
+            return
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+        self.path.unlink(missing_ok=True)
+
+
+class S3Store:
+    def __init__(
+        self,
+        endpoint: str,
+        access_key: str,
+        secret_key: str,
+        bucket: str,
+        *,
+        secure: bool = True,
+        region: str | None = None,
+        part_size: int = DEFAULT_PART_SIZE,
+        create_bucket: bool = True,
+        staging_dir: Path | None = None,
+    ) -> None:
+        self.bucket = bucket
+        self.staging_dir = Path(staging_dir or tempfile.gettempdir())
+        self.staging_dir.mkdir(parents=True, exist_ok=True)
+        self.part_size = part_size
+        scheme = "https" if secure else "http"
+        self.location = f"s3://{endpoint}/{bucket} ({scheme})"
+        http = urllib3.PoolManager(
+            maxsize=32,
+            timeout=urllib3.Timeout(connect=10, read=300),
+            retries=urllib3.Retry(total=3, backoff_factor=0.2, status_forcelist=[500, 502, 503, 504]),
+        )
+        self._client = Minio(
+            endpoint,
+            access_key=access_key,
+            secret_key=secret_key,
+            secure=secure,
+            region=region,
+            http_client=http,
+        )
+        if create_bucket:
+            try:
+                if not self._client.bucket_exists(bucket):
+                    self._client.make_bucket(bucket)
+            except S3Error as exc:
+                if exc.code not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
+                    raise StorageError(f"cannot use bucket {bucket!r} at {endpoint}: {exc}") from exc
+            except (MinioException, urllib3.exceptions.HTTPError, OSError) as exc:
+                raise StorageError(f"cannot reach S3 endpoint {endpoint}: {exc}") from exc
+
+    def create(self, key: str) -> S3ObjectWriter:
+        if self._exists(key):
+            raise ObjectExists(key)
+        return S3ObjectWriter(self, key, self.staging_dir)
+
+    def put_file(self, key: str, path: Path) -> None:
+        if self._exists(key):
+            raise ObjectExists(key)
+        try:
+            self._client.fput_object(
+                self.bucket,
+                key,
+                str(path),
+                part_size=self.part_size,
+                num_parallel_uploads=2,
+            )
+        except (MinioException, urllib3.exceptions.HTTPError, OSError, ValueError) as exc:
+            if isinstance(exc, FileNotFoundError):
+                raise
+            raise StorageError(f"cannot upload object {key!r}: {exc}") from exc
+
+    def _exists(self, key: str) -> bool:
+        try:
+            self.stat(key)
+        except ObjectNotFound:
+            return False
+        return True
+
+    def open(self, key: str) -> BinaryIO:
+        return cast(BinaryIO, io.BufferedReader(_Body(self._get(key)), 1 << 20))
+
+    def read_range(self, key: str, offset: int, length: int) -> bytes:
+        if offset < 0 or length < 0:
+            raise ValueError("offset and length must not be negative")
+        if length == 0:
+            return b""
+        try:
+            response = self._get(key, offset=offset, length=length)
+        except StorageError as exc:
+            # A range that starts at or past the end is not an error for this contract.
+            if "InvalidRange" in str(exc):
+                return b""
+            raise
+        try:
+            return cast(bytes, response.read())
+        finally:
+            response.close()
+            response.release_conn()
+
+    def _get(self, key: str, offset: int = 0, length: int = 0) -> Any:
+        try:
+            return self._client.get_object(self.bucket, key, offset=offset, length=length)
+        except S3Error as exc:
+            if exc.code in _MISSING:
+                raise ObjectNotFound(key) from None
+            raise StorageError(f"cannot read object {key!r}: {exc.code} {exc.message}") from exc
+        except (MinioException, urllib3.exceptions.HTTPError, OSError) as exc:
+            raise StorageError(f"cannot read object {key!r}: {exc}") from exc
+
+    def stat(self, key: str) -> ObjectInfo:
+        try:
+            st = self._client.stat_object(self.bucket, key)
+        except S3Error as exc:
+            if exc.code in _MISSING:
+                raise ObjectNotFound(key) from None
+            raise StorageError(f"cannot stat object {key!r}: {exc.code} {exc.message}") from exc
+        except (MinioException, urllib3.exceptions.HTTPError, OSError) as exc:
+            raise StorageError(f"cannot stat object {key!r}: {exc}") from exc
+        return ObjectInfo(key, int(st.size or 0), _utc(st.last_modified))
+
+    def delete(self, key: str) -> None:
+        try:
+            self._client.remove_object(self.bucket, key)
+        except S3Error as exc:
+            if exc.code in _MISSING:
+                return
+            raise StorageError(f"cannot delete object {key!r}: {exc.code} {exc.message}") from exc
+        except (MinioException, urllib3.exceptions.HTTPError, OSError) as exc:
+            raise StorageError(f"cannot delete object {key!r}: {exc}") from exc
+
+    def iter_objects(self) -> Iterator[ObjectInfo]:
+        try:
+            for obj in self._client.list_objects(self.bucket, recursive=True):
+                if obj.object_name and not obj.is_dir:
+                    yield ObjectInfo(obj.object_name, int(obj.size or 0), _utc(obj.last_modified))
+        except (MinioException, urllib3.exceptions.HTTPError, OSError) as exc:
+            raise StorageError(f"cannot list bucket {self.bucket!r}: {exc}") from exc
+
+    def check(self) -> None:
+        try:
+            if not self._client.bucket_exists(self.bucket):
+                raise StorageError(f"bucket {self.bucket!r} does not exist")
+        except (MinioException, urllib3.exceptions.HTTPError, OSError) as exc:
+            raise StorageError(f"S3 store {self.location} unreachable: {exc}") from exc
+
+    def close(self) -> None:
+        self._client._http.clear()
+
+
+def _utc(value: dt.datetime | None) -> dt.datetime:
+    if value is None:
+        return dt.datetime.now(dt.UTC)
+    return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
