@@ -1,0 +1,73 @@
+"""The archive's core objects built from the settings: index, object store and services.
+
+Both faces and every command get one :class:`Archive` per process, built here; nothing is created
+at import time.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy import Engine
+
+from pacs.config import Settings
+from pacs.errors import ResourceUnavailable
+from pacs.index import migrate
+from pacs.index.database import create_index_engine, redact_url
+from pacs.index.repository import IndexRepository
+from pacs.services.fsck import FsckService
+from pacs.services.importer import ImportService
+from pacs.services.ingest import IngestService
+from pacs.services.retrieve import RetrieveService
+from storage import ObjectStore, StorageError, StoreURLError, open_store
+
+
+@dataclass
+class Archive:
+    settings: Settings
+    engine: Engine
+    index: IndexRepository
+    store: ObjectStore
+    ingest: IngestService
+    retrieve: RetrieveService
+
+    def importer(self) -> ImportService:
+        return ImportService(self.ingest)
+
+    def fsck(self) -> FsckService:
+        return FsckService(self.index, self.store)
+
+    def describe(self) -> str:
+        return f"index {redact_url(str(self.settings.database_url))}, objects {self.store.location}"
+
+    def close(self) -> None:
+        self.store.close()
+        self.engine.dispose()
+
+
+def open_archive(settings: Settings, *, upgrade_schema: bool = True) -> Archive:
+    """Connect index and object store; with ``upgrade_schema`` bring the schema to the current head."""
+    assert settings.database_url is not None and settings.object_store is not None
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    engine = create_index_engine(settings.database_url)
+    try:
+        if upgrade_schema:
+            migrate.upgrade(engine)
+        store = open_store(settings.object_store, staging_dir=settings.incoming_dir)
+    except (StorageError, StoreURLError) as exc:
+        engine.dispose()
+        raise ResourceUnavailable(f"object store: {exc}") from exc
+    except Exception as exc:
+        engine.dispose()
+        if isinstance(exc, ResourceUnavailable):
+            raise
+        raise ResourceUnavailable(f"index {redact_url(settings.database_url)}: {exc}") from exc
+    index = IndexRepository(engine)
+    return Archive(
+        settings=settings,
+        engine=engine,
+        index=index,
+        store=store,
+        ingest=IngestService(index, store),
+        retrieve=RetrieveService(index, store),
+    )

@@ -1,0 +1,335 @@
+"""The ``pacs`` command: the composition root that wires settings, backends and faces together.
+
+Every subcommand takes the same configuration flags (and ``PACS_*`` variables, and ``--config``),
+so maintenance commands always act on the archive that ``pacs serve`` runs. The faces are imported
+inside the commands that need them, which keeps ``import pacs`` light.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import logging
+import multiprocessing
+import shutil
+import socket
+import sys
+import threading
+import time
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from pacs import __version__
+from pacs.archive import Archive, open_archive
+from pacs.config import ConfigError, Settings, load_settings
+from pacs.context import CallerContext
+from pacs.errors import PacsError
+
+log = logging.getLogger("pacs")
+
+EXIT_OK, EXIT_PROBLEMS, EXIT_USAGE = 0, 1, 2
+
+# flag -> settings field, shared by every subcommand
+_CONFIG_FLAGS: list[tuple[str, str, dict[str, Any]]] = [
+    (
+        "--data-dir",
+        "data_dir",
+        {"type": Path, "help": "folder of the embedded index and objects (./pacs-data)"},
+    ),
+    ("--database-url", "database_url", {"help": "sqlite:///PATH or postgresql://USER@HOST/DB"}),
+    (
+        "--object-store",
+        "object_store",
+        {"help": "file://PATH or s3://ACCESS:SECRET@HOST:PORT/BUCKET?secure=false"},
+    ),
+    ("--host", "host", {"help": "address the DICOM and HTTP listeners bind (0.0.0.0)"}),
+    ("--dicom-port", "dicom_port", {"type": int, "help": "DICOM port (11112)"}),
+    ("--http-port", "http_port", {"type": int, "help": "HTTP port (8042)"}),
+    ("--ae-title", "ae_title", {"help": "the archive's AE title (NDT_PACS)"}),
+    ("--workers", "workers", {"type": int, "help": "server processes; 0 = one per CPU"}),
+    (
+        "--allowed-peers",
+        "allowed_peers",
+        {"help": "comma-separated calling AE titles (AE or AE@host); empty = any"},
+    ),
+    ("--max-associations", "max_associations", {"type": int, "help": "concurrent associations (64)"}),
+    ("--log-level", "log_level", {"help": "DEBUG, INFO, WARNING, ERROR"}),
+]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "command", None):
+        parser.print_help()
+        return EXIT_USAGE
+    try:
+        settings = load_settings(
+            {field: getattr(args, field, None) for _, field, _ in _CONFIG_FLAGS}, config_file=args.config
+        )
+    except ConfigError as exc:
+        print(f"pacs: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    _setup_logging(settings.log_level)
+    try:
+        return int(args.run(settings, args))
+    except PacsError as exc:
+        print(f"pacs: {exc}", file=sys.stderr)
+        return EXIT_PROBLEMS
+    except KeyboardInterrupt:
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    group = common.add_argument_group("configuration (flags > PACS_* variables > --config file > defaults)")
+    group.add_argument("--config", type=Path, help="TOML configuration file (or PACS_CONFIG)")
+    for flag, field, options in _CONFIG_FLAGS:
+        group.add_argument(flag, dest=field, default=None, **options)
+
+    parser = argparse.ArgumentParser(prog="pacs", description="NDT archive: DICONDE PACS")
+    parser.add_argument("--version", action="version", version=f"pacs {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    serve = commands.add_parser("serve", parents=[common], help="run the DICOM and HTTP servers")
+    serve.set_defaults(run=_serve)
+
+    db = commands.add_parser("db", help="index schema management")
+    db_commands = db.add_subparsers(dest="db_command", metavar="ACTION", required=True)
+    upgrade = db_commands.add_parser(
+        "upgrade", parents=[common], help="bring the index schema to the current version"
+    )
+    upgrade.set_defaults(run=_db_upgrade)
+    current = db_commands.add_parser(
+        "current", parents=[common], help="print the schema version of the index"
+    )
+    current.set_defaults(run=_db_current)
+
+    fsck = commands.add_parser("fsck", parents=[common], help="verify objects against the index")
+    fsck.add_argument("--repair", action="store_true", help="remove unreferenced objects")
+    fsck.add_argument("--quick", action="store_true", help="check existence and size only, not SHA-256")
+    fsck.add_argument(
+        "--grace-seconds",
+        type=float,
+        default=3600.0,
+        help="leave objects younger than this alone (stores in flight on a running archive); default 3600",
+    )
+    fsck.set_defaults(run=_fsck)
+
+    imp = commands.add_parser("import", parents=[common], help="import DICOM files and folders")
+    imp.add_argument("paths", nargs="+", type=Path, metavar="PATH")
+    imp.add_argument("--jobs", type=int, default=4, help="files processed in parallel (4)")
+    imp.set_defaults(run=_import)
+
+    config = commands.add_parser("config", parents=[common], help="print the effective configuration")
+    config.set_defaults(run=_show_config)
+    return parser
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level,
+        format="%(asctime)s %(levelname)-7s [%(processName)s] %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    # pynetdicom narrates every PDU at INFO; pydicom warns about each out-of-spec value a device
+    # sends. Both matter when debugging a peer, not in an archive's log.
+    if level != "DEBUG":
+        logging.getLogger("pynetdicom").setLevel(logging.WARNING)
+        logging.getLogger("pydicom").setLevel(logging.ERROR)
+        warnings.filterwarnings("ignore", module="pydicom")
+
+
+# -- serve ------------------------------------------------------------------------------------------
+def _serve(settings: Settings, args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from api.app import create_app
+    from dicom_nodes.policy import AssociationLimiter
+    from dicom_nodes.server import DicomNode
+    from dicom_nodes.spool import Spooler
+    from pacs.supervisor import Supervisor
+
+    archive = open_archive(settings)  # applies migrations once, before any worker starts
+    description = archive.describe()
+    archive.close()
+    if settings.incoming_dir.exists():  # spool files of a previous run that never finished arriving
+        shutil.rmtree(settings.incoming_dir)
+    dicom_socket = _listen(settings.host, settings.dicom_port)
+    http_socket = _listen(settings.host, settings.http_port)
+    associations = multiprocessing.get_context("fork").Value("i", 0)
+
+    def worker_main(index: int, ready: Any, wait_for_stop: Any) -> None:
+        worker_archive = open_archive(settings, upgrade_schema=False)
+        node = DicomNode(
+            settings,
+            worker_archive.ingest,
+            dicom_socket,
+            AssociationLimiter(settings.max_associations, associations),
+            Spooler(worker_archive.store, worker_archive.ingest.new_key, settings.incoming_dir),
+        )
+        node.start()
+        http = uvicorn.Server(
+            uvicorn.Config(
+                create_app(worker_archive),
+                log_config=None,
+                log_level=settings.log_level.lower(),
+                access_log=False,
+                timeout_graceful_shutdown=int(settings.shutdown_grace) or None,
+            )
+        )
+        http_thread = threading.Thread(target=http.run, kwargs={"sockets": [http_socket]}, name="http")
+        http_thread.start()
+        while not http.started:
+            if not http_thread.is_alive():
+                raise RuntimeError("the HTTP server did not start")
+            time.sleep(0.01)
+        ready()
+        wait_for_stop()
+        http.should_exit = True
+        node.stop(settings.shutdown_grace)
+        http_thread.join(settings.shutdown_grace + 5)
+        worker_archive.close()
+
+    dicom_host, dicom_port = dicom_socket.getsockname()[:2]
+    http_host, http_port = http_socket.getsockname()[:2]
+
+    def announce() -> None:
+        print(
+            f"NDT archive ready: DICOM {settings.ae_title} on {dicom_host}:{dicom_port}, "
+            f"HTTP on http://{http_host}:{http_port} ({settings.worker_count} workers; {description})",
+            flush=True,
+        )
+
+    supervisor = Supervisor(
+        settings.worker_count, worker_main, announce, stop_timeout=settings.shutdown_grace + 10
+    )
+    code = supervisor.run()
+    dicom_socket.close()
+    http_socket.close()
+    log.info("stopped")
+    return code
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        return socket.create_server((host, port), family=family, backlog=128)
+    except OSError as exc:
+        raise PacsError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
+
+
+# -- db ---------------------------------------------------------------------------------------------
+def _db_upgrade(settings: Settings, args: argparse.Namespace) -> int:
+    from pacs.index import migrate
+
+    archive = open_archive(settings)
+    try:
+        print(f"index schema at revision {migrate.current_revision(archive.engine)} ({archive.describe()})")
+    finally:
+        archive.close()
+    return EXIT_OK
+
+
+def _db_current(settings: Settings, args: argparse.Namespace) -> int:
+    from pacs.index import migrate
+
+    archive = open_archive(settings, upgrade_schema=False)
+    try:
+        current, head = migrate.current_revision(archive.engine), migrate.head_revision()
+    finally:
+        archive.close()
+    print(f"index schema at revision {current}; this version of pacs expects {head}")
+    return EXIT_OK if current == head else EXIT_PROBLEMS
+
+
+# -- fsck -------------------------------------------------------------------------------------------
+def _fsck(settings: Settings, args: argparse.Namespace) -> int:
+    import datetime as dt
+
+    from tqdm import tqdm
+
+    archive = open_archive(settings, upgrade_schema=False)
+    try:
+        total = archive.index.counts()["versions"]
+        bars: dict[str, tqdm] = {}
+
+        def progress(phase: str, n: int) -> None:
+            if phase not in bars:
+                for bar in bars.values():
+                    bar.close()
+                label = "verifying objects" if phase == "verify" else "looking for unreferenced objects"
+                bars[phase] = tqdm(
+                    total=total if phase == "verify" else None, desc=label, unit=" obj", file=sys.stderr
+                )
+            bars[phase].update(n)
+
+        report = archive.fsck().run(
+            quick=args.quick,
+            repair=args.repair,
+            grace=dt.timedelta(seconds=args.grace_seconds),
+            progress=progress,
+        )
+        for bar in bars.values():
+            bar.close()
+    finally:
+        archive.close()
+    for problem in report.problems:
+        print(f"{problem.kind}: {problem.detail}")
+    print(report.summary())
+    return EXIT_OK if report.ok else EXIT_PROBLEMS
+
+
+# -- import -----------------------------------------------------------------------------------------
+def _import(settings: Settings, args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from pacs.services.importer import collect_files
+
+    missing = [p for p in args.paths if not p.exists()]
+    if missing:
+        print(f"pacs import: no such file or folder: {', '.join(map(str, missing))}", file=sys.stderr)
+        return EXIT_USAGE
+    files = collect_files(args.paths)
+    archive: Archive = open_archive(settings)
+    try:
+        with tqdm(total=len(files), desc="importing", unit=" files", file=sys.stderr) as bar:
+            summary = archive.importer().run(
+                files,
+                CallerContext(via="import", user=getpass.getuser()),
+                jobs=args.jobs,
+                on_file=lambda path, outcome: bar.update(1),
+            )
+    finally:
+        archive.close()
+    for path, reason in summary.rejected:
+        print(f"rejected: {path}: {_without_path(reason, path)}")
+    for path, reason in summary.skipped:
+        print(f"skipped: {path}: {reason}")
+    print(summary.line())
+    return EXIT_PROBLEMS if summary.rejected else EXIT_OK
+
+
+def _without_path(reason: str, path: Path) -> str:
+    prefix = f"{path}: "
+    return reason[len(prefix) :] if reason.startswith(prefix) else reason
+
+
+# -- config -----------------------------------------------------------------------------------------
+def _show_config(settings: Settings, args: argparse.Namespace) -> int:
+    from pacs.index.database import redact_url
+    from storage.url import redact
+
+    for name, value in settings.model_dump().items():
+        if name == "database_url":
+            value = redact_url(str(value))
+        elif name == "object_store":
+            value = redact(str(value))
+        print(f"{name} = {value}")
+    return EXIT_OK
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

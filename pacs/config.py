@@ -1,0 +1,180 @@
+"""The archive's configuration: one validated object, loaded once and passed down.
+
+Sources, strongest first: command-line flags, ``PACS_*`` environment variables, a TOML file
+(``--config FILE`` or ``PACS_CONFIG``), then the defaults below. Every ``pacs`` subcommand loads the
+same way, so ``pacs fsck --data-dir D`` works on the archive that ``pacs serve --data-dir D`` runs.
+docs/configuration.md lists every setting.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
+
+
+class ConfigError(ValueError):
+    """The configuration is invalid; the message names the setting."""
+
+
+def split_peer(entry: str) -> tuple[str, str | None]:
+    """``AE`` or ``AE@host`` (an allowed calling AE title, optionally only from one host)."""
+    title, _, host = entry.partition("@")
+    return title.strip(), (host.strip() or None)
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="PACS_", extra="forbid", validate_default=True)
+
+    # Where the embedded default keeps everything.
+    data_dir: Path = Field(Path("pacs-data"), description="folder for the embedded index and objects")
+    database_url: str | None = Field(
+        None, description="sqlite:///PATH or postgresql://...; default sqlite under data_dir"
+    )
+    object_store: str | None = Field(
+        None, description="file://PATH or s3://ACCESS:SECRET@HOST:PORT/BUCKET?secure=false"
+    )
+
+    # Listeners.
+    host: str = Field("0.0.0.0", description="address both listeners bind")
+    dicom_port: int = Field(11112, ge=0, le=65535)
+    http_port: int = Field(8042, ge=0, le=65535)
+    ae_title: str = Field("NDT_PACS", description="the archive's own AE title")
+    workers: int = Field(0, ge=0, description="server processes sharing both ports; 0 = one per CPU")
+
+    # Association policy.
+    allowed_peers: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="calling AE titles (AE or AE@host) allowed; empty = any"
+    )
+    max_associations: int = Field(64, ge=1, description="concurrent associations, all workers together")
+    max_pdu_size: int = Field(
+        1 << 20, ge=0, description="largest PDU we accept; 0 = unlimited (larger PDUs mean less overhead)"
+    )
+    acse_timeout: float = Field(30.0, gt=0, description="seconds to wait for association messages")
+    dimse_timeout: float = Field(60.0, gt=0, description="seconds to wait for DIMSE messages")
+    network_timeout: float = Field(60.0, gt=0, description="seconds an association may stay silent")
+
+    # Operation.
+    shutdown_grace: float = Field(
+        30.0, ge=0, description="seconds in-flight associations get to finish on SIGTERM"
+    )
+    log_level: str = Field("INFO", description="DEBUG, INFO, WARNING or ERROR")
+
+    @field_validator("ae_title")
+    @classmethod
+    def _valid_ae_title(cls, value: str) -> str:
+        return validate_ae_title(value, "ae_title")
+
+    @field_validator("allowed_peers", mode="before")
+    @classmethod
+    def _split_peers(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = [v for v in value.replace(";", ",").split(",") if v.strip()]
+        return value
+
+    @field_validator("allowed_peers")
+    @classmethod
+    def _valid_peers(cls, value: list[str]) -> list[str]:
+        peers = [v.strip() for v in value]
+        for peer in peers:
+            validate_ae_title(split_peer(peer)[0], "allowed_peers")
+        return peers
+
+    @field_validator("log_level")
+    @classmethod
+    def _valid_level(cls, value: str) -> str:
+        level = value.upper()
+        if level not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
+            raise ValueError(f"log_level must be DEBUG, INFO, WARNING or ERROR, not {value!r}")
+        return level
+
+    @model_validator(mode="after")
+    def _fill_defaults(self) -> Settings:
+        if self.database_url is None:
+            self.database_url = f"sqlite:///{self.data_dir / 'index.sqlite'}"
+        if self.object_store is None:
+            self.object_store = f"file://{self.data_dir / 'objects'}"
+        if not self.database_url.startswith(("sqlite:", "postgresql:", "postgresql+psycopg:")):
+            raise ValueError(
+                "database_url must start with sqlite:/// or postgresql://, "
+                f"not {self.database_url.split(':')[0]}:"
+            )
+        if not self.object_store.startswith(("file://", "s3://")):
+            raise ValueError("object_store must be file://PATH or s3://ACCESS:SECRET@HOST:PORT/BUCKET")
+        return self
+
+    @property
+    def worker_count(self) -> int:
+        return self.workers or max(1, os.cpu_count() or 1)
+
+    @property
+    def incoming_dir(self) -> Path:
+        """Where DICOM receives are spooled before they become objects (same disk as data_dir)."""
+        return self.data_dir / "incoming"
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # init (= command-line flags) > environment > config file (handled in load_settings).
+        return (init_settings, env_settings)
+
+
+def validate_ae_title(value: str, name: str) -> str:
+    """PS3.5 6.2: AE is 1-16 characters of the default repertoire, no backslash, not all spaces."""
+    title = value.strip()
+    if not title or len(value) > 16:
+        raise ValueError(f"{name}: AE title {value!r} must be 1 to 16 characters")
+    if "\\" in title or any(ord(c) < 0x20 or ord(c) > 0x7E for c in title):
+        raise ValueError(f"{name}: AE title {value!r} may hold only printable ASCII and no backslash")
+    return title
+
+
+def load_settings(overrides: dict[str, Any] | None = None, config_file: Path | None = None) -> Settings:
+    """Build the settings from flags (``overrides``), the environment and an optional TOML file."""
+    overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
+    path = config_file or (Path(os.environ["PACS_CONFIG"]) if os.environ.get("PACS_CONFIG") else None)
+    file_values: dict[str, Any] = {}
+    if path is not None:
+        try:
+            with open(path, "rb") as f:
+                file_values = tomllib.load(f)
+        except OSError as exc:
+            raise ConfigError(f"cannot read configuration file {path}: {exc}") from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"configuration file {path} is not valid TOML: {exc}") from exc
+        file_values = file_values.get("pacs", file_values)
+        unknown = set(file_values) - set(Settings.model_fields)
+        if unknown:
+            raise ConfigError(f"configuration file {path}: unknown settings {', '.join(sorted(unknown))}")
+    env_names = {f"PACS_{name.upper()}" for name in Settings.model_fields}
+    from_env = {k for k in os.environ if k in env_names}
+    # The file only fills what neither flags nor the environment set.
+    merged = {
+        k: v for k, v in file_values.items() if k not in overrides and f"PACS_{k.upper()}" not in from_env
+    }
+    merged.update(overrides)
+    try:
+        return Settings(**merged)
+    except ValueError as exc:
+        raise ConfigError(_explain(exc)) from exc
+
+
+def _explain(exc: ValueError) -> str:
+    errors = getattr(exc, "errors", None)
+    if not callable(errors):
+        return str(exc)
+    lines = []
+    for err in errors():
+        where = ".".join(str(p) for p in err.get("loc", ())) or "settings"
+        lines.append(f"{where}: {err.get('msg')}")
+    return "invalid configuration: " + "; ".join(lines)

@@ -1,0 +1,333 @@
+"""Reads and writes of the metadata index; the only module that speaks SQL to it."""
+
+from __future__ import annotations
+
+import datetime as dt
+import enum
+import logging
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Connection, Engine, Table, bindparam, func, select, text
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
+
+from pacs.errors import ResourceUnavailable
+from pacs.index.database import read_transaction, write_transaction
+from pacs.index.schema import component, inspection, instance, instance_version, series
+
+log = logging.getLogger(__name__)
+
+_RACE_RETRIES = 5
+_NATURAL_KEYS = ((component, "part_id"), (inspection, "study_instance_uid"), (series, "series_instance_uid"))
+
+
+class Outcome(enum.StrEnum):
+    STORED = "stored"  # a new instance
+    NEW_VERSION = "new version"  # different bytes under a known SOP Instance UID; now current
+    DUPLICATE = "already present"  # these exact bytes are already a version of the instance
+
+
+@dataclass(frozen=True)
+class NewVersion:
+    """Everything the index records for one received object."""
+
+    sop_instance_uid: str
+    component: Mapping[str, Any]
+    inspection: Mapping[str, Any]
+    series: Mapping[str, Any]
+    instance: Mapping[str, Any]
+    object_key: str
+    sha256: str
+    size: int
+    transfer_syntax_uid: str
+    pixel_data_offset: int | None
+    frames: list[list[tuple[int, int]]] | None
+    dicom_json: dict[str, Any]
+    received_at: dt.datetime
+    received_via: str
+    source_ae: str | None
+    source_address: str | None
+    received_by: str | None
+
+
+@dataclass(frozen=True)
+class Recorded:
+    outcome: Outcome
+    instance_id: int
+    version_id: int
+
+
+@dataclass(frozen=True)
+class VersionRow:
+    id: int
+    instance_id: int
+    sop_instance_uid: str
+    object_key: str
+    sha256: str
+    size: int
+    transfer_syntax_uid: str
+    received_at: dt.datetime
+    is_current: bool
+
+
+class IndexRepository:
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        insert = postgresql.insert if engine.dialect.name == "postgresql" else sqlite.insert
+        # The ingest path runs these for every instance: build them once, bind values per call.
+        self._find_id = {
+            t.name: select(t.c.id).where(t.c[key] == bindparam("key")) for t, key in _NATURAL_KEYS
+        }
+        self._insert_new = {
+            t.name: insert(t).on_conflict_do_nothing(index_elements=[key]).returning(t.c.id)
+            for t, key in _NATURAL_KEYS
+        }
+        self._find_instance = select(instance.c.id).where(instance.c.sop_instance_uid == bindparam("uid"))
+        self._find_same_bytes = select(instance_version.c.id).where(
+            instance_version.c.instance_id == bindparam("instance_id"),
+            instance_version.c.sha256 == bindparam("sha256"),
+        )
+        self._find_version_by_uid = (
+            select(instance_version.c.id)
+            .join(instance, instance.c.id == instance_version.c.instance_id)
+            .where(
+                instance.c.sop_instance_uid == bindparam("uid"),
+                instance_version.c.sha256 == bindparam("sha256"),
+            )
+        )
+        self._insert_instance = instance.insert().returning(instance.c.id)
+        self._insert_version = instance_version.insert().returning(instance_version.c.id)
+        self._update_instance = instance.update().where(instance.c.id == bindparam("_instance_id"))
+
+    # -- writing ------------------------------------------------------------------------------
+    def record(self, new: NewVersion) -> Recorded:
+        """Record ``new`` in one transaction: upsert component, inspection, series and instance,
+        insert the version and make it current. Concurrent first arrivals of one component,
+        inspection or series are safe (unique constraints + ON CONFLICT, retried on a lost race)."""
+        for attempt in range(_RACE_RETRIES):
+            try:
+                with write_transaction(self.engine) as conn:
+                    return self._record(conn, new)
+            except IntegrityError:
+                # Another transaction inserted the same row between our check and our insert;
+                # the retry sees it.
+                if attempt == _RACE_RETRIES - 1:
+                    raise
+                log.debug("retrying index write for %s after a concurrent insert", new.sop_instance_uid)
+            except OperationalError as exc:
+                raise ResourceUnavailable(
+                    f"index unavailable while recording {new.sop_instance_uid}: {exc.orig}"
+                ) from exc
+            except SQLAlchemyError as exc:
+                raise ResourceUnavailable(
+                    f"index error while recording {new.sop_instance_uid}: {exc}"
+                ) from exc
+        raise AssertionError("unreachable")
+
+    def _record(self, conn: Connection, new: NewVersion) -> Recorded:
+        now = new.received_at
+        component_id = self._get_or_create(conn, component, "part_id", {**new.component, "created_at": now})
+        inspection_id = self._get_or_create(
+            conn,
+            inspection,
+            "study_instance_uid",
+            {**new.inspection, "component_id": component_id, "created_at": now},
+        )
+        series_id = self._get_or_create(
+            conn,
+            series,
+            "series_instance_uid",
+            {**new.series, "inspection_id": inspection_id, "created_at": now},
+        )
+        instance_values = {**new.instance, "series_id": series_id}
+        existing = conn.execute(self._find_instance, {"uid": new.sop_instance_uid}).first()
+        if existing is None:
+            instance_id = conn.execute(
+                self._insert_instance, {**instance_values, "created_at": now, "updated_at": now}
+            ).scalar_one()
+            outcome = Outcome.STORED
+        else:
+            instance_id = existing.id
+            same = conn.execute(
+                self._find_same_bytes, {"instance_id": instance_id, "sha256": new.sha256}
+            ).first()
+            if same is not None:
+                return Recorded(Outcome.DUPLICATE, instance_id, same.id)
+            outcome = Outcome.NEW_VERSION
+
+        version_id = conn.execute(
+            self._insert_version,
+            {
+                "instance_id": instance_id,
+                "object_key": new.object_key,
+                "sha256": new.sha256,
+                "size": new.size,
+                "transfer_syntax_uid": new.transfer_syntax_uid,
+                "pixel_data_offset": new.pixel_data_offset,
+                "frames": new.frames,
+                "dicom_json": new.dicom_json,
+                "received_at": now,
+                "received_via": new.received_via,
+                "source_ae": new.source_ae,
+                "source_address": new.source_address,
+                "received_by": new.received_by,
+            },
+        ).scalar_one()
+        # The instance row describes its current version (which may have moved to another series).
+        conn.execute(
+            self._update_instance,
+            {
+                **instance_values,
+                "current_version_id": version_id,
+                "updated_at": now,
+                "_instance_id": instance_id,
+            },
+        )
+        return Recorded(outcome, instance_id, version_id)
+
+    def _get_or_create(self, conn: Connection, table: Table, key: str, values: Mapping[str, Any]) -> int:
+        """The id of the row whose ``key`` equals ``values[key]``, inserting ``values`` if none.
+
+        The first arrival's attributes are kept: later instances of the same component, inspection
+        or series do not rewrite them (their own values stay in their DICOM JSON).
+        """
+        find = self._find_id[table.name]
+        row = conn.execute(find, {"key": values[key]}).first()
+        if row is not None:
+            return int(row.id)
+        inserted = conn.execute(self._insert_new[table.name], dict(values)).first()
+        if inserted is not None:
+            return int(inserted.id)
+        # Lost the race to a concurrent insert that has committed by now.
+        return int(conn.execute(find, {"key": values[key]}).scalar_one())
+
+    # -- reading ------------------------------------------------------------------------------
+    def find_version(self, sop_instance_uid: str, sha256: str) -> int | None:
+        """The id of the version of this instance with exactly these bytes, if there is one."""
+        with self._read() as conn:
+            row = conn.execute(self._find_version_by_uid, {"uid": sop_instance_uid, "sha256": sha256}).first()
+        return None if row is None else int(row.id)
+
+    def versions(self, sop_instance_uid: str) -> list[VersionRow]:
+        """Every version of the instance, oldest first."""
+        with self._read() as conn:
+            rows = conn.execute(
+                _version_select()
+                .where(instance.c.sop_instance_uid == sop_instance_uid)
+                .order_by(instance_version.c.id)
+            ).all()
+        return [_version_row(r) for r in rows]
+
+    def current_version(self, sop_instance_uid: str) -> VersionRow | None:
+        with self._read() as conn:
+            row = conn.execute(
+                _version_select().where(
+                    instance.c.sop_instance_uid == sop_instance_uid,
+                    instance_version.c.id == instance.c.current_version_id,
+                )
+            ).first()
+        return None if row is None else _version_row(row)
+
+    def version_metadata(self, version_id: int) -> dict[str, Any] | None:
+        with self._read() as conn:
+            row = conn.execute(
+                select(
+                    instance_version.c.dicom_json,
+                    instance_version.c.frames,
+                    instance_version.c.pixel_data_offset,
+                ).where(instance_version.c.id == version_id)
+            ).first()
+        if row is None:
+            return None
+        return {
+            "dicom_json": row.dicom_json,
+            "frames": row.frames,
+            "pixel_data_offset": row.pixel_data_offset,
+        }
+
+    def iter_versions(self, batch: int = 1000) -> Iterator[VersionRow]:
+        """Every version in the index, in id order, read in batches (for consistency checks)."""
+        last = 0
+        while True:
+            with self._read() as conn:
+                rows = conn.execute(
+                    _version_select()
+                    .where(instance_version.c.id > last)
+                    .order_by(instance_version.c.id)
+                    .limit(batch)
+                ).all()
+            if not rows:
+                return
+            for row in rows:
+                yield _version_row(row)
+            last = rows[-1].id
+
+    def known_keys(self, keys: Iterable[str]) -> set[str]:
+        """Which of ``keys`` an instance version refers to."""
+        keys = list(keys)
+        found: set[str] = set()
+        with self._read() as conn:
+            for start in range(0, len(keys), 500):
+                chunk = keys[start : start + 500]
+                found.update(
+                    conn.execute(
+                        select(instance_version.c.object_key).where(instance_version.c.object_key.in_(chunk))
+                    ).scalars()
+                )
+        return found
+
+    def counts(self) -> dict[str, int]:
+        with self._read() as conn:
+            return {
+                name: int(conn.execute(select(func.count()).select_from(table)).scalar_one())
+                for name, table in (
+                    ("components", component),
+                    ("inspections", inspection),
+                    ("series", series),
+                    ("instances", instance),
+                    ("versions", instance_version),
+                )
+            }
+
+    def ping(self) -> None:
+        with self._read() as conn:
+            conn.execute(text("SELECT 1"))
+
+    @contextmanager
+    def _read(self) -> Iterator[Connection]:
+        try:
+            with read_transaction(self.engine) as conn:
+                yield conn
+        except OperationalError as exc:
+            raise ResourceUnavailable(f"index unavailable: {exc.orig}") from exc
+
+
+def _version_select() -> Any:
+    return select(
+        instance_version.c.id,
+        instance_version.c.instance_id,
+        instance.c.sop_instance_uid,
+        instance_version.c.object_key,
+        instance_version.c.sha256,
+        instance_version.c.size,
+        instance_version.c.transfer_syntax_uid,
+        instance_version.c.received_at,
+        (instance.c.current_version_id == instance_version.c.id).label("is_current"),
+    ).join(instance, instance.c.id == instance_version.c.instance_id)
+
+
+def _version_row(row: Any) -> VersionRow:
+    return VersionRow(
+        id=int(row.id),
+        instance_id=int(row.instance_id),
+        sop_instance_uid=row.sop_instance_uid,
+        object_key=row.object_key,
+        sha256=row.sha256,
+        size=int(row.size),
+        transfer_syntax_uid=row.transfer_syntax_uid,
+        received_at=row.received_at,
+        is_current=bool(row.is_current),
+    )

@@ -1,0 +1,138 @@
+"""Tables of the metadata index.
+
+Four DICOM levels read the NDE way (component = patient, inspection = study, series, instance) and
+the instance *versions*: every distinct object ever received under a SOP Instance UID, with where its
+bytes are, their SHA-256 from the moment they arrived, who sent them, and its metadata as DICOM JSON.
+The indexed attribute columns come from ``pacs/diconde/attributes.csv``; a change there needs an
+Alembic migration (``tests/unit/index/test_schema.py`` compares models and migrations).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Column,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    UniqueConstraint,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+
+from pacs.diconde import IndexedAttribute, indexed_attributes
+
+metadata = MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+# SQLite only auto-increments an INTEGER PRIMARY KEY; PostgreSQL gets 64-bit ids.
+Id = BigInteger().with_variant(Integer(), "sqlite")
+Json = JSON().with_variant(JSONB(), "postgresql")
+Timestamp = DateTime(timezone=True)
+
+
+def _attribute_columns(level: str, skip: set[str]) -> list[Column[Any]]:
+    columns: list[Column[Any]] = []
+    for attr in indexed_attributes()[level]:  # type: ignore[index]
+        if attr.column in skip:
+            continue
+        columns.append(Column(attr.column, _column_type(attr), nullable=True))
+    return columns
+
+
+def _column_type(attr: IndexedAttribute) -> Any:
+    kind = attr.python_type
+    if kind is int:
+        return Integer()
+    if kind is float:
+        return Float()
+    return String()
+
+
+component = Table(
+    "component",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("part_id", String(), nullable=False),  # PatientID; may be empty, never NULL
+    *_attribute_columns("component", {"part_id"}),
+    Column("created_at", Timestamp, nullable=False),
+    UniqueConstraint("part_id"),
+    Index(None, "component_name"),
+)
+
+inspection = Table(
+    "inspection",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("component_id", Id, ForeignKey("component.id"), nullable=False, index=True),
+    Column("study_instance_uid", String(64), nullable=False),
+    *_attribute_columns("inspection", {"study_instance_uid"}),
+    Column("created_at", Timestamp, nullable=False),
+    UniqueConstraint("study_instance_uid"),
+    Index(None, "study_date"),
+    Index(None, "accession_number"),
+)
+
+series = Table(
+    "series",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("inspection_id", Id, ForeignKey("inspection.id"), nullable=False, index=True),
+    Column("series_instance_uid", String(64), nullable=False),
+    *_attribute_columns("series", {"series_instance_uid"}),
+    Column("created_at", Timestamp, nullable=False),
+    UniqueConstraint("series_instance_uid"),
+    Index(None, "modality"),
+)
+
+instance = Table(
+    "instance",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("series_id", Id, ForeignKey("series.id"), nullable=False, index=True),
+    Column("sop_instance_uid", String(64), nullable=False),
+    *_attribute_columns("instance", {"sop_instance_uid"}),
+    # The version every reader gets; older versions stay in instance_version. No foreign key: the
+    # two tables point at each other, and the repository sets this in the transaction that inserts
+    # the version it names.
+    Column("current_version_id", Id, nullable=True),
+    Column("created_at", Timestamp, nullable=False),
+    Column("updated_at", Timestamp, nullable=False),
+    UniqueConstraint("sop_instance_uid"),
+)
+
+instance_version = Table(
+    "instance_version",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("instance_id", Id, ForeignKey("instance.id"), nullable=False),
+    Column("object_key", String(200), nullable=False),
+    Column("sha256", String(64), nullable=False),
+    Column("size", BigInteger(), nullable=False),
+    Column("transfer_syntax_uid", String(64), nullable=False),
+    # Pixel data layout: per frame, a list of [offset, length] segments in the stored object.
+    Column("pixel_data_offset", BigInteger(), nullable=True),
+    Column("frames", Json, nullable=True),
+    Column("dicom_json", Json, nullable=False),
+    Column("received_at", Timestamp, nullable=False),
+    Column("received_via", String(16), nullable=False),  # c-store, import, stow
+    Column("source_ae", String(16), nullable=True),
+    Column("source_address", String(100), nullable=True),
+    Column("received_by", String(64), nullable=True),  # our AE title, or the importing user
+    UniqueConstraint("object_key"),
+    # An identical re-send (same bytes for the same instance) never makes a second version.
+    UniqueConstraint("instance_id", "sha256"),
+)

@@ -1,0 +1,132 @@
+"""Consistency check of index and object store (``pacs fsck``).
+
+* every indexed version's object exists, has the recorded size and (unless ``quick``) the recorded
+  SHA-256 — a mismatch is evidence that stored bytes changed;
+* every stored object is referenced by a version; unreferenced ones are what a crash between
+  "object put" and "index committed" leaves behind, and ``repair`` removes them. Objects younger
+  than ``grace`` are skipped: on a running archive they may belong to a store still in flight.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+from pacs.index.repository import IndexRepository
+from storage import ObjectInfo, ObjectNotFound, ObjectStore, StorageError
+
+Progress = Callable[[str, int], None]  # (phase, items just done)
+
+
+@dataclass
+class Problem:
+    kind: str  # missing, size, corrupt, unreadable, unreferenced
+    key: str
+    detail: str
+
+
+@dataclass
+class FsckReport:
+    versions_checked: int = 0
+    objects_listed: int = 0
+    bytes_hashed: int = 0
+    problems: list[Problem] = field(default_factory=list)
+    removed: int = 0
+
+    def count(self, kind: str) -> int:
+        return sum(1 for p in self.problems if p.kind == kind)
+
+    @property
+    def ok(self) -> bool:
+        return all(p.kind == "unreferenced" and p.detail.endswith("(removed)") for p in self.problems)
+
+    def summary(self) -> str:
+        unreferenced = self.count("unreferenced")
+        parts = [
+            f"{self.versions_checked} indexed objects checked",
+            f"{self.count('missing')} missing",
+            f"{self.count('corrupt') + self.count('size')} corrupt",
+            f"{self.count('unreadable')} unreadable",
+            f"{unreferenced} unreferenced" + (f" ({self.removed} removed)" if self.removed else ""),
+        ]
+        return "fsck: " + ", ".join(parts) + (" - OK" if self.ok else " - PROBLEMS FOUND")
+
+
+class FsckService:
+    def __init__(self, index: IndexRepository, store: ObjectStore) -> None:
+        self.index = index
+        self.store = store
+
+    def run(
+        self,
+        *,
+        quick: bool = False,
+        repair: bool = False,
+        grace: dt.timedelta = dt.timedelta(hours=1),
+        progress: Progress | None = None,
+        now: dt.datetime | None = None,
+    ) -> FsckReport:
+        report = FsckReport()
+        step = progress or (lambda phase, n: None)
+        for version in self.index.iter_versions():
+            report.versions_checked += 1
+            problem = self._check_version(version.object_key, version.size, version.sha256, quick, report)
+            if problem is not None:
+                problem.detail = f"{version.sop_instance_uid} (version {version.id}): {problem.detail}"
+                report.problems.append(problem)
+            step("verify", 1)
+
+        cutoff = (now or dt.datetime.now(dt.UTC)) - grace
+        for batch in _batches(self.store.iter_objects(), 500):
+            report.objects_listed += len(batch)
+            known = self.index.known_keys(obj.key for obj in batch)
+            for obj in batch:
+                if obj.key in known or obj.modified > cutoff:
+                    continue
+                detail = f"{obj.size} bytes, stored {obj.modified:%Y-%m-%d %H:%M:%S}Z, in no index entry"
+                if repair:
+                    self.store.delete(obj.key)
+                    report.removed += 1
+                    detail += " (removed)"
+                report.problems.append(Problem("unreferenced", obj.key, detail))
+            step("scan", len(batch))
+        return report
+
+    def _check_version(
+        self, key: str, size: int, sha256: str, quick: bool, report: FsckReport
+    ) -> Problem | None:
+        try:
+            info = self.store.stat(key)
+        except ObjectNotFound:
+            return Problem("missing", key, f"object {key} is missing")
+        except StorageError as exc:
+            return Problem("unreadable", key, str(exc))
+        if info.size != size:
+            return Problem("size", key, f"object {key} has {info.size} bytes, the index recorded {size}")
+        if quick:
+            return None
+        try:
+            digest = hashlib.sha256()
+            with self.store.open(key) as f:
+                while chunk := f.read(1 << 20):
+                    digest.update(chunk)
+            actual = digest.hexdigest()
+        except (StorageError, OSError) as exc:
+            return Problem("unreadable", key, f"object {key}: {exc}")
+        report.bytes_hashed += size
+        if actual != sha256:
+            return Problem("corrupt", key, f"object {key} has SHA-256 {actual}, the index recorded {sha256}")
+        return None
+
+
+def _batches(items: Iterator[ObjectInfo], size: int) -> Iterator[list[ObjectInfo]]:
+    batch: list[ObjectInfo] = []
+    for item in items:
+        batch.append(item)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch

@@ -1,0 +1,128 @@
+"""Pre-fork process supervision for ``pacs serve``.
+
+The parent creates the listening sockets, then forks worker processes that all accept on them
+(the idle one wins each connection). The parent only watches: it reports readiness once every worker
+listens, restarts a worker that dies, and on SIGINT/SIGTERM asks every worker to stop gracefully
+(in-flight associations and requests finish) and waits for them.
+
+Signals are blocked in every process and taken with ``sigwait``/``sigtimedwait``, so no handler ever
+runs in the middle of a store.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from multiprocessing.process import BaseProcess
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
+_RESTART_DELAY = 1.0
+
+#: Runs in the worker: build everything, call ``ready()`` once listening, return when ``wait_stop`` says.
+WorkerMain = Callable[[int, Callable[[], None], Callable[[], int]], None]
+
+
+def wait_for_stop_signal() -> int:
+    """Block until SIGINT or SIGTERM arrives (they are blocked in every thread); return it."""
+    return signal.sigwait(STOP_SIGNALS)
+
+
+@dataclass
+class _Worker:
+    index: int
+    process: BaseProcess
+    started: float
+    ready: bool = False
+
+
+@dataclass
+class Supervisor:
+    worker_count: int
+    worker_main: WorkerMain
+    on_ready: Callable[[], None]
+    stop_timeout: float = 40.0
+    _workers: dict[int, _Worker] = field(default_factory=dict)
+
+    def run(self) -> int:
+        signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+        context = multiprocessing.get_context("fork")
+        self._ready_queue = context.SimpleQueue()
+        self._context = context
+        announced = False
+        for index in range(1, self.worker_count + 1):
+            self._spawn(index)
+        try:
+            while True:
+                received = signal.sigtimedwait(STOP_SIGNALS, 0.2)
+                if received is not None:
+                    log.info("received %s, stopping", signal.Signals(received.si_signo).name)
+                    return self._stop_all(0)
+                while not self._ready_queue.empty():
+                    index = self._ready_queue.get()
+                    if index in self._workers:
+                        self._workers[index].ready = True
+                if not announced and all(w.ready for w in self._workers.values()):
+                    announced = True
+                    self.on_ready()
+                failed = self._reap()
+                if failed is not None and not announced:
+                    log.error("worker %d failed during start-up (exit code %s); stopping", *failed)
+                    return self._stop_all(1)
+        finally:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+
+    def _spawn(self, index: int) -> None:
+        queue = self._ready_queue
+        worker_main = self.worker_main
+
+        def entry() -> None:
+            try:
+                worker_main(index, lambda: queue.put(index), wait_for_stop_signal)
+            except BaseException:
+                log.exception("worker %d crashed", index)
+                os._exit(1)
+            os._exit(0)
+
+        process = self._context.Process(target=entry, name=f"worker-{index}", daemon=False)
+        process.start()
+        self._workers[index] = _Worker(index, process, time.monotonic())
+
+    def _reap(self) -> tuple[int, Any] | None:
+        """Restart dead workers; return (index, exit code) of the first one that died unready."""
+        died_unready = None
+        for index, worker in list(self._workers.items()):
+            if worker.process.is_alive():
+                continue
+            code = worker.process.exitcode
+            worker.process.join()
+            if not worker.ready:
+                died_unready = died_unready or (index, code)
+                continue
+            log.error("worker %d exited unexpectedly (exit code %s); restarting it", index, code)
+            if time.monotonic() - worker.started < 5:
+                time.sleep(_RESTART_DELAY)
+            self._spawn(index)
+            # A restarted worker is serving as soon as it listens; the announcement is not repeated.
+            self._workers[index].ready = True
+        return died_unready
+
+    def _stop_all(self, code: int) -> int:
+        for worker in self._workers.values():
+            if worker.process.is_alive() and worker.process.pid:
+                os.kill(worker.process.pid, signal.SIGTERM)
+        deadline = time.monotonic() + self.stop_timeout
+        for worker in self._workers.values():
+            worker.process.join(max(0.0, deadline - time.monotonic()))
+            if worker.process.is_alive():
+                log.error("worker %d did not stop in %.0f s; killing it", worker.index, self.stop_timeout)
+                worker.process.kill()
+                worker.process.join()
+        return code
