@@ -1,0 +1,133 @@
+"""The archive's DICOM application entity: C-ECHO and C-STORE SCP on a listening socket.
+
+The socket is created by the caller: ``pacs serve`` makes it once and every worker process accepts
+on it (pre-fork, like gunicorn), so associations spread over processes and the GIL of one process
+does not cap throughput; tests make one on a free port. Whichever process is idle picks up the next
+connection.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import socketserver
+import threading
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from pynetdicom import AE, evt
+from pynetdicom.presentation import AllStoragePresentationContexts
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+from pynetdicom.transport import ThreadedAssociationServer
+
+from dicom_nodes.policy import AssociationLimiter, AssociationPolicy
+from dicom_nodes.spool import Spooler
+from dicom_nodes.store import handle_store
+from pacs.config import Settings, split_peer
+from pacs.diconde.encodings import STORED_TRANSFER_SYNTAXES
+from pacs.services.ingest import IngestService
+
+log = logging.getLogger(__name__)
+
+#: Our implementation class UID (PS3.7 D.3.3.2), a UUID-derived UID (PS3.5 B.2) fixed for the project.
+IMPLEMENTATION_CLASS_UID = "2.25.160544309812356467651339735329302712049"
+IMPLEMENTATION_VERSION_NAME = "NDT_ARCHIVE_01"
+UNCOMPRESSED = ("1.2.840.10008.1.2.1", "1.2.840.10008.1.2", "1.2.840.10008.1.2.2")
+
+
+def storage_sop_classes() -> list[str]:
+    """Every storage SOP class pynetdicom knows (DX, CR, CT, Enhanced CT, US, SC, Raw Data, PDF, ...)."""
+    return [str(cx.abstract_syntax) for cx in AllStoragePresentationContexts]
+
+
+class SharedSocketServer(ThreadedAssociationServer):
+    """A pynetdicom server on a listening socket made elsewhere and possibly shared with other processes."""
+
+    def __init__(self, ae: AE, listening: socket.socket, contexts: list[Any], handlers: list[Any]) -> None:
+        self._listening = listening
+        super().__init__(ae, listening.getsockname(), ae.ae_title, contexts, evt_handlers=handlers)
+
+    def server_bind(self) -> None:
+        if self.socket is not None:
+            self.socket.close()  # the one socketserver just made; ours is already bound
+        self.socket = self._listening
+        self.server_address = self.socket.getsockname()
+
+    def server_activate(self) -> None:
+        """Already listening."""
+
+    def server_close(self) -> None:
+        # Never shutdown() a listening socket shared with other processes: that stops theirs too.
+        if self.socket is not None:
+            self.socket.close()
+
+
+class DicomNode:
+    """One process's share of the archive's DIMSE face."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        ingest: IngestService,
+        listening: socket.socket,
+        limiter: AssociationLimiter,
+        spooler: Spooler,
+    ) -> None:
+        self.settings = settings
+        self.spooler = spooler
+        listening.setblocking(False)  # several processes accept on it; the losers must not block
+        ae = AE(settings.ae_title)
+        ae.implementation_class_uid = IMPLEMENTATION_CLASS_UID
+        ae.implementation_version_name = IMPLEMENTATION_VERSION_NAME
+        ae.maximum_pdu_size = settings.max_pdu_size
+        ae.acse_timeout = settings.acse_timeout
+        ae.dimse_timeout = settings.dimse_timeout
+        ae.network_timeout = settings.network_timeout
+        ae.maximum_associations = settings.max_associations  # the shared limiter is the real bound
+        for uid in storage_sop_classes():
+            ae.add_supported_context(uid, list(STORED_TRANSFER_SYNTAXES))
+        ae.add_supported_context(Verification, list(UNCOMPRESSED))
+        self.ae = ae
+        policy = AssociationPolicy(
+            (split_peer(p) for p in settings.allowed_peers), limiter, STORED_TRANSFER_SYNTAXES
+        )
+        handlers = [*policy.handlers(), (evt.EVT_C_STORE, handle_store, [ingest, spooler])]
+        self.server = SharedSocketServer(ae, listening, ae.supported_contexts, handlers)
+        ae._servers.append(self.server)
+        self._thread: threading.Thread | None = None
+
+    @property
+    def address(self) -> tuple[str, int]:
+        host, port = self.server.server_address[:2]
+        return str(host), int(port)
+
+    def start(self) -> None:
+        self.spooler.install()
+        self._thread = threading.Thread(
+            target=self.server.serve_forever, kwargs={"poll_interval": 0.2}, name="dicom-accept", daemon=True
+        )
+        self._thread.start()
+
+    def active_associations(self) -> Sequence[Any]:
+        return self.server.active_associations
+
+    def stop(self, grace: float) -> None:
+        """Stop accepting; let running associations finish for up to ``grace`` seconds, then abort them.
+
+        An aborted C-STORE never got its Success, so nothing is lost: the sender still has it.
+        """
+        socketserver.BaseServer.shutdown(self.server)  # stop the accept loop only (no socket shutdown)
+        deadline = time.monotonic() + grace
+        while self.server.active_associations and time.monotonic() < deadline:
+            time.sleep(0.05)
+        remaining = self.server.active_associations
+        for assoc in remaining:
+            log.warning(
+                "aborting association with %s after %.0f s shutdown grace", assoc.requestor.ae_title, grace
+            )
+            assoc.abort()
+        self.server.server_close()
+        if self.server in self.ae._servers:
+            self.ae._servers.remove(self.server)
+        self.spooler.uninstall()
