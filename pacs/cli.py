@@ -155,10 +155,12 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
     archive = open_archive(settings)  # applies migrations once, before any worker starts
     description = archive.describe()
     archive.close()
-    if settings.incoming_dir.exists():  # spool files of a previous run that never finished arriving
-        shutil.rmtree(settings.incoming_dir)
     dicom_socket = _listen(settings.host, settings.dicom_port)
     http_socket = _listen(settings.host, settings.http_port)
+    # Only now that the ports are ours is no other server using this data folder: drop what a
+    # previous run left half-received.
+    if settings.incoming_dir.exists():
+        shutil.rmtree(settings.incoming_dir)
     associations = multiprocessing.get_context("fork").Value("i", 0)
 
     def worker_main(index: int, ready: Any, wait_for_stop: Any) -> None:
