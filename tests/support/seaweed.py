@@ -55,7 +55,7 @@ class SeaweedS3:
         )
         s3, filer, master, volume = _ports(4)
         self.endpoint = f"127.0.0.1:{s3}"
-        log = open(self.workdir / "weed.log", "wb")
+        self._log = open(self.workdir / "weed.log", "wb")  # noqa: SIM115 - closed in stop()
         self.process = subprocess.Popen(
             [
                 weed_binary(),
@@ -72,7 +72,7 @@ class SeaweedS3:
                 f"-master.port={master}",
                 f"-volume.port={volume}",
             ],
-            stdout=log,
+            stdout=self._log,
             stderr=subprocess.STDOUT,
             env={**os.environ, "HOME": str(self.workdir)},
         )
@@ -107,6 +107,7 @@ class SeaweedS3:
                 self.process.kill()
                 self.process.wait()
             self.process = None
+            self._log.close()
 
 
 def _ports(count: int) -> list[int]:
