@@ -301,8 +301,8 @@ class IndexRepository:
         try:
             with read_transaction(self.engine) as conn:
                 yield conn
-        except OperationalError as exc:
-            raise ResourceUnavailable(f"index unavailable: {exc.orig}") from exc
+        except SQLAlchemyError as exc:
+            raise ResourceUnavailable(f"index unavailable: {getattr(exc, 'orig', None) or exc}") from exc
 
 
 def _version_select() -> Any:
