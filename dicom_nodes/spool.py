@@ -1,15 +1,16 @@
-"""Receive C-STORE datasets straight into the object store, hashing them as they arrive.
+"""Receive C-STORE datasets straight into the archive, as they arrive.
 
 pynetdicom's chunked receive (``_config.STORE_RECV_CHUNKED_DATASET``) writes each C-STORE dataset,
 fragment by fragment, as a Part 10 file (preamble, file meta, then the dataset bytes exactly as
 sent) to a file object it gets from ``tempfile.NamedTemporaryFile``, so memory stays bounded
 whatever the instance size. :class:`Spooler` supplies that file object instead: a
-:class:`SpoolFile` that writes into a new object of the store (:meth:`storage.ObjectStore.create`)
-and computes the SHA-256 on the way. Hashing, and on a filesystem store the write-back to disk,
-then overlap the network transfer; the C-STORE handler only checks, commits and indexes.
+:class:`SpoolFile` over a :class:`pacs.services.ingest.Incoming`, i.e. a new object of the store
+hashed on the way. Hashing, and on a filesystem store the write-back to disk, then overlap the
+network transfer; the C-STORE handler only checks, commits and indexes.
 
-The object is not durable, nor kept, until the handler commits it; an association aborted
-mid-transfer drops its :class:`SpoolFile`, which discards the partial object.
+Nothing is kept until the handler commits; an association aborted mid-transfer drops its
+:class:`SpoolFile`, which discards the partial object, and :meth:`Spooler.abort_pending` discards
+what a stopping server still holds.
 
 This relies on how pynetdicom 3.0 creates and uses that file (``dimse_messages.NamedTemporaryFile``,
 then ``write``, ``file.flush``, ``name``, ``close``, and an ``unlink(name)`` after the handler); the
@@ -18,7 +19,6 @@ dependency is pinned and ``tests/unit/dicom_nodes/test_spool.py`` fails if that 
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import threading
 import weakref
@@ -29,7 +29,8 @@ from typing import Any
 import pynetdicom.dimse_messages
 from pynetdicom import _config
 
-from storage import ObjectStore, ObjectWriter, StorageError
+from pacs.errors import ResourceUnavailable
+from pacs.services.ingest import Incoming
 
 log = logging.getLogger(__name__)
 
@@ -37,63 +38,53 @@ log = logging.getLogger(__name__)
 class SpoolFile:
     """The file object pynetdicom writes one received dataset to."""
 
-    def __init__(self, writer: ObjectWriter | None, name: str, error: Exception | None = None) -> None:
-        self.writer = writer
+    def __init__(self, incoming: Incoming | None, name: str, error: Exception | None = None) -> None:
+        self.incoming = incoming
         # pynetdicom reports ``name`` as the dataset's path and unlinks it after the handler ran.
         # It is a token that never exists on disk, so that unlink can never touch the object.
         self.name = name
-        self.error = error  # set when the store could not take the data; the handler reports it
+        self.error = error  # the store could not even start the object; the handler reports it
         self.file = self  # pynetdicom calls ``.file.flush()`` after each fragment
-        self.size = 0
         self.claimed = False
-        self._sha256 = hashlib.sha256()
 
     def write(self, data: bytes | bytearray | memoryview) -> int:
-        if self.error is None and self.writer is not None:
-            try:
-                self.writer.write(data)
-            except StorageError as exc:
-                self.error = exc  # keep reading the stream; the C-STORE will get a failure status
-                self.writer.abort()
-        self._sha256.update(data)
-        self.size += len(data)
+        if self.incoming is not None:
+            self.incoming.write(data)
         return len(data)
 
     def flush(self) -> None:
-        """Nothing to do: the writer writes through."""
+        """Nothing to do: the object is written through."""
 
     def close(self) -> None:
-        """The object stays open until the handler commits or aborts it."""
-
-    def hexdigest(self) -> str:
-        return self._sha256.hexdigest()
+        """The object stays open until the handler commits or discards it."""
 
     def __del__(self) -> None:
-        if not self.claimed and self.writer is not None:
-            self.writer.abort()
+        if not self.claimed and self.incoming is not None:
+            self.incoming.abort()
 
 
 class Spooler:
     """Creates :class:`SpoolFile` objects for pynetdicom and hands them to the C-STORE handler."""
 
-    def __init__(self, store: ObjectStore, new_key: Callable[[], str], token_dir: Path) -> None:
-        self.store = store
-        self._new_key = new_key
+    def __init__(self, receive: Callable[[], Incoming], token_dir: Path) -> None:
+        self._receive = receive
         self._token_dir = Path(token_dir)
         # Weak: pynetdicom holds the file while the transfer runs; when an aborted association drops
         # it, it vanishes from here too and its __del__ discards the partial object.
         self._files: weakref.WeakValueDictionary[str, SpoolFile] = weakref.WeakValueDictionary()
         self._lock = threading.Lock()
+        self._count = 0
         self._original: Any = None
 
     def create(self, *args: Any, **kwargs: Any) -> SpoolFile:
         """Called by pynetdicom in place of ``NamedTemporaryFile(delete=False, mode="wb", ...)``."""
-        key = self._new_key()
-        name = str(self._token_dir / f"pending-{key}")
+        with self._lock:
+            self._count += 1
+            name = str(self._token_dir / f"receiving-{id(self)}-{self._count}")
         try:
-            spool = SpoolFile(self.store.create(key), name)
-        except StorageError as exc:
-            log.error("cannot start receiving into the object store: %s", exc)
+            spool = SpoolFile(self._receive(), name)
+        except ResourceUnavailable as exc:
+            log.error("cannot start receiving a C-STORE dataset: %s", exc)
             spool = SpoolFile(None, name, error=exc)
         with self._lock:
             self._files[name] = spool
@@ -111,6 +102,17 @@ class Spooler:
     def pending(self) -> int:
         with self._lock:
             return len(self._files)
+
+    def abort_pending(self) -> int:
+        """Discard every object still being received (the server is stopping); returns how many."""
+        with self._lock:
+            spools = list(self._files.values())
+            self._files.clear()
+        for spool in spools:
+            spool.claimed = True
+            if spool.incoming is not None:
+                spool.incoming.abort()
+        return len(spools)
 
     def install(self) -> None:
         """Make pynetdicom receive C-STORE datasets in chunks, into this spooler (process-wide)."""

@@ -12,7 +12,7 @@ from pynetdicom.events import Event
 from dicom_nodes.spool import Spooler
 from pacs.context import CallerContext
 from pacs.errors import InvalidObject, ObjectMismatch, ResourceUnavailable
-from pacs.services.ingest import Expected, IngestService, Received
+from pacs.services.ingest import Expected, IngestService
 
 log = logging.getLogger(__name__)
 
@@ -40,16 +40,11 @@ def handle_store(event: Event, ingest: IngestService, spooler: Spooler) -> Datas
         transfer_syntax_uid=str(event.context.transfer_syntax),
     )
     spool = spooler.claim(event.dataset_path)
-    if spool is None or spool.writer is None:
-        reason = spool.error if spool is not None else "dataset was not received into the store"
+    if spool is None or spool.incoming is None:
+        reason = spool.error if spool is not None else "the dataset was not received into the store"
         return _failure(OUT_OF_RESOURCES, ResourceUnavailable(f"cannot store: {reason}"), ctx, uid)
-    if spool.error is not None:
-        return _failure(OUT_OF_RESOURCES, ResourceUnavailable(f"cannot store: {spool.error}"), ctx, uid)
-    writer = spool.writer
-    received = Received(writer.path, sha256=spool.hexdigest(), size=spool.size, writer=writer)
-
     try:
-        ingest.ingest(received, ctx, expected)
+        ingest.ingest_incoming(spool.incoming, ctx, expected)
     except ObjectMismatch as exc:
         return _failure(DATA_SET_DOES_NOT_MATCH_SOP_CLASS, exc, ctx, uid)
     except InvalidObject as exc:

@@ -96,6 +96,7 @@ class PixelDataInfo:
 @dataclass(frozen=True)
 class ParsedObject:
     dataset: Dataset  # everything before the pixel data, with ``file_meta``
+    dataset_offset: int  # where the dataset starts: after preamble, DICM and the file meta group
     transfer_syntax: str
     sop_class_uid: str
     sop_instance_uid: str
@@ -145,7 +146,7 @@ def parse_part10(f: BinaryIO, *, name: str = "object") -> ParsedObject:
     pixel_info = None
     if pixel is not None:
         pixel_info = _pixel_info(pixel, header, transfer_syntax, base is not None, source, name)
-    return ParsedObject(header, transfer_syntax, sop_class, sop_instance, pixel_info, size)
+    return ParsedObject(header, meta_end, transfer_syntax, sop_class, sop_instance, pixel_info, size)
 
 
 def _has_fileno(f: BinaryIO) -> bool:

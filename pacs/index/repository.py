@@ -27,7 +27,7 @@ _NATURAL_KEYS = ((component, "part_id"), (inspection, "study_instance_uid"), (se
 class Outcome(enum.StrEnum):
     STORED = "stored"  # a new instance
     NEW_VERSION = "new version"  # different bytes under a known SOP Instance UID; now current
-    DUPLICATE = "already present"  # these exact bytes are already a version of the instance
+    DUPLICATE = "already present"  # this exact dataset is already a version of the instance
 
 
 @dataclass(frozen=True)
@@ -40,7 +40,9 @@ class NewVersion:
     series: Mapping[str, Any]
     instance: Mapping[str, Any]
     object_key: str
-    sha256: str
+    dataset_sha256: str
+    file_meta_sha256: str
+    dataset_offset: int
     size: int
     transfer_syntax_uid: str
     pixel_data_offset: int | None
@@ -66,7 +68,9 @@ class VersionRow:
     instance_id: int
     sop_instance_uid: str
     object_key: str
-    sha256: str
+    dataset_sha256: str
+    file_meta_sha256: str
+    dataset_offset: int
     size: int
     transfer_syntax_uid: str
     received_at: dt.datetime
@@ -88,14 +92,14 @@ class IndexRepository:
         self._find_instance = select(instance.c.id).where(instance.c.sop_instance_uid == bindparam("uid"))
         self._find_same_bytes = select(instance_version.c.id).where(
             instance_version.c.instance_id == bindparam("instance_id"),
-            instance_version.c.sha256 == bindparam("sha256"),
+            instance_version.c.dataset_sha256 == bindparam("sha256"),
         )
         self._find_version_by_uid = (
             select(instance_version.c.id)
             .join(instance, instance.c.id == instance_version.c.instance_id)
             .where(
                 instance.c.sop_instance_uid == bindparam("uid"),
-                instance_version.c.sha256 == bindparam("sha256"),
+                instance_version.c.dataset_sha256 == bindparam("sha256"),
             )
         )
         self._insert_instance = instance.insert().returning(instance.c.id)
@@ -152,7 +156,7 @@ class IndexRepository:
         else:
             instance_id = existing.id
             same = conn.execute(
-                self._find_same_bytes, {"instance_id": instance_id, "sha256": new.sha256}
+                self._find_same_bytes, {"instance_id": instance_id, "sha256": new.dataset_sha256}
             ).first()
             if same is not None:
                 return Recorded(Outcome.DUPLICATE, instance_id, same.id)
@@ -163,7 +167,9 @@ class IndexRepository:
             {
                 "instance_id": instance_id,
                 "object_key": new.object_key,
-                "sha256": new.sha256,
+                "dataset_sha256": new.dataset_sha256,
+                "file_meta_sha256": new.file_meta_sha256,
+                "dataset_offset": new.dataset_offset,
                 "size": new.size,
                 "transfer_syntax_uid": new.transfer_syntax_uid,
                 "pixel_data_offset": new.pixel_data_offset,
@@ -205,10 +211,12 @@ class IndexRepository:
         return int(conn.execute(find, {"key": values[key]}).scalar_one())
 
     # -- reading ------------------------------------------------------------------------------
-    def find_version(self, sop_instance_uid: str, sha256: str) -> int | None:
-        """The id of the version of this instance with exactly these bytes, if there is one."""
+    def find_version(self, sop_instance_uid: str, dataset_sha256: str) -> int | None:
+        """The id of the version of this instance with exactly this dataset, if there is one."""
         with self._read() as conn:
-            row = conn.execute(self._find_version_by_uid, {"uid": sop_instance_uid, "sha256": sha256}).first()
+            row = conn.execute(
+                self._find_version_by_uid, {"uid": sop_instance_uid, "sha256": dataset_sha256}
+            ).first()
         return None if row is None else int(row.id)
 
     def versions(self, sop_instance_uid: str) -> list[VersionRow]:
@@ -311,7 +319,9 @@ def _version_select() -> Any:
         instance_version.c.instance_id,
         instance.c.sop_instance_uid,
         instance_version.c.object_key,
-        instance_version.c.sha256,
+        instance_version.c.dataset_sha256,
+        instance_version.c.file_meta_sha256,
+        instance_version.c.dataset_offset,
         instance_version.c.size,
         instance_version.c.transfer_syntax_uid,
         instance_version.c.received_at,
@@ -325,7 +335,9 @@ def _version_row(row: Any) -> VersionRow:
         instance_id=int(row.instance_id),
         sop_instance_uid=row.sop_instance_uid,
         object_key=row.object_key,
-        sha256=row.sha256,
+        dataset_sha256=row.dataset_sha256,
+        file_meta_sha256=row.file_meta_sha256,
+        dataset_offset=int(row.dataset_offset),
         size=int(row.size),
         transfer_syntax_uid=row.transfer_syntax_uid,
         received_at=row.received_at,

@@ -120,7 +120,11 @@ instance_version = Table(
     Column("id", Id, primary_key=True, autoincrement=True),
     Column("instance_id", Id, ForeignKey("instance.id"), nullable=False),
     Column("object_key", String(200), nullable=False),
-    Column("sha256", String(64), nullable=False),
+    # SHA-256 of the dataset as the sender sent it (the bytes after the file meta group): the
+    # content's identity. The file meta's own hash makes the whole stored object verifiable.
+    Column("dataset_sha256", String(64), nullable=False),
+    Column("file_meta_sha256", String(64), nullable=False),
+    Column("dataset_offset", Integer(), nullable=False),
     Column("size", BigInteger(), nullable=False),
     Column("transfer_syntax_uid", String(64), nullable=False),
     # Pixel data layout: per frame, a list of [offset, length] segments in the stored object.
@@ -131,8 +135,8 @@ instance_version = Table(
     Column("received_via", String(16), nullable=False),  # c-store, import, stow
     Column("source_ae", String(16), nullable=True),
     Column("source_address", String(100), nullable=True),
-    Column("received_by", String(64), nullable=True),  # our AE title, or the importing user
+    Column("received_by", String(64), nullable=True),  # the user behind an import or upload
     UniqueConstraint("object_key"),
-    # An identical re-send (same bytes for the same instance) never makes a second version.
-    UniqueConstraint("instance_id", "sha256"),
+    # An identical re-send (same dataset bytes for the same instance) never makes a second version.
+    UniqueConstraint("instance_id", "dataset_sha256"),
 )

@@ -1,7 +1,7 @@
 """Consistency check of index and object store (``pacs fsck``).
 
 * every indexed version's object exists, has the recorded size and (unless ``quick``) the recorded
-  SHA-256 — a mismatch is evidence that stored bytes changed;
+  SHA-256 of its dataset and of its file meta — a mismatch is evidence that stored bytes changed;
 * every stored object is referenced by a version; unreferenced ones are what a crash between
   "object put" and "index committed" leaves behind, and ``repair`` removes them. Objects younger
   than ``grace`` are skipped: on a running archive they may belong to a store still in flight.
@@ -10,11 +10,11 @@
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
-from pacs.index.repository import IndexRepository
+from pacs.dicom.digest import hash_part10_file
+from pacs.index.repository import IndexRepository, VersionRow
 from storage import ObjectInfo, ObjectNotFound, ObjectStore, StorageError
 
 Progress = Callable[[str, int], None]  # (phase, items just done)
@@ -72,7 +72,7 @@ class FsckService:
         step = progress or (lambda phase, n: None)
         for version in self.index.iter_versions():
             report.versions_checked += 1
-            problem = self._check_version(version.object_key, version.size, version.sha256, quick, report)
+            problem = self._check_version(version, quick, report)
             if problem is not None:
                 problem.detail = f"{version.sop_instance_uid} (version {version.id}): {problem.detail}"
                 report.problems.append(problem)
@@ -85,7 +85,8 @@ class FsckService:
             for obj in batch:
                 if obj.key in known or obj.modified > cutoff:
                     continue
-                detail = f"{obj.size} bytes, stored {obj.modified:%Y-%m-%d %H:%M:%S}Z, in no index entry"
+                stored = f"{obj.modified:%Y-%m-%d %H:%M:%S}Z"
+                detail = f"object {obj.key} ({obj.size} bytes, stored {stored}) is in no index entry"
                 if repair:
                     self.store.delete(obj.key)
                     report.removed += 1
@@ -94,30 +95,35 @@ class FsckService:
             step("scan", len(batch))
         return report
 
-    def _check_version(
-        self, key: str, size: int, sha256: str, quick: bool, report: FsckReport
-    ) -> Problem | None:
+    def _check_version(self, version: VersionRow, quick: bool, report: FsckReport) -> Problem | None:
+        key = version.object_key
         try:
             info = self.store.stat(key)
         except ObjectNotFound:
             return Problem("missing", key, f"object {key} is missing")
         except StorageError as exc:
             return Problem("unreadable", key, str(exc))
-        if info.size != size:
-            return Problem("size", key, f"object {key} has {info.size} bytes, the index recorded {size}")
+        if info.size != version.size:
+            return Problem(
+                "size", key, f"object {key} has {info.size} bytes, the index recorded {version.size}"
+            )
         if quick:
             return None
         try:
-            digest = hashlib.sha256()
             with self.store.open(key) as f:
-                while chunk := f.read(1 << 20):
-                    digest.update(chunk)
-            actual = digest.hexdigest()
+                digests = hash_part10_file(f, version.dataset_offset)
         except (StorageError, OSError) as exc:
             return Problem("unreadable", key, f"object {key}: {exc}")
-        report.bytes_hashed += size
-        if actual != sha256:
-            return Problem("corrupt", key, f"object {key} has SHA-256 {actual}, the index recorded {sha256}")
+        report.bytes_hashed += version.size
+        if digests.dataset_sha256 != version.dataset_sha256:
+            return Problem(
+                "corrupt",
+                key,
+                f"object {key}: dataset SHA-256 {digests.dataset_sha256}, "
+                f"the index recorded {version.dataset_sha256}",
+            )
+        if digests.file_meta_sha256 != version.file_meta_sha256:
+            return Problem("corrupt", key, f"object {key}: file meta differs from what was stored (SHA-256)")
         return None
 
 

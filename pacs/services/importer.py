@@ -11,7 +11,7 @@ from pathlib import Path
 from pacs.context import CallerContext
 from pacs.errors import PacsError
 from pacs.index.repository import Outcome
-from pacs.services.ingest import IngestService, Received
+from pacs.services.ingest import IngestService
 
 _MEDIA_DIRECTORY = "DICOMDIR"
 
@@ -68,7 +68,7 @@ class ImportService:
             if not path.is_file():
                 return path, "rejected", "not a file"
             try:
-                result = self.ingest.ingest(Received(path), ctx)
+                result = self.ingest.ingest_file(path, ctx)
             except PacsError as exc:
                 return path, "rejected", str(exc)
             except OSError as exc:

@@ -1,18 +1,21 @@
 """Store an instance: the write rule that protects data (docs/architecture.md, "Storing an instance").
 
-1. The object is in a local file, its SHA-256 known (hashed while it was received, or here).
-2. The file is checked and its header read up to the pixel data (:mod:`pacs.dicom.parse`).
-3. The object is put in the object store under a new key, never reused; durable when put returns.
+1. The object's bytes are in a new, uncommitted store object (:class:`Incoming`, written as they
+   arrive and hashed on the way) or in a local file (``pacs import``).
+2. The object is checked and its header read up to the pixel data (:mod:`pacs.dicom.parse`).
+3. The object is made durable in the object store under a new key, never reused.
 4. One index transaction records component, inspection, series, instance and the version.
 5. Only then does the caller answer Success. Any failure before: an exception, and the object
    from step 3 is removed (best effort). A crash leaves at worst an unreferenced object, which
    ``pacs fsck`` reports, never an index row without its object.
+
+An object whose dataset bytes equal a version already kept for its SOP Instance UID is a
+duplicate: nothing new is stored (:mod:`pacs.dicom.digest` says why the dataset is the identity).
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import logging
 import time
 import uuid
@@ -21,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pacs.context import CallerContext
+from pacs.dicom.digest import Digests, Part10Hasher, hash_part10_file
 from pacs.dicom.json import to_dicom_json
 from pacs.dicom.parse import ParsedObject, parse_part10
 from pacs.diconde import column_values
@@ -39,21 +43,6 @@ _REQUIRED_UIDS = (
 
 
 @dataclass(frozen=True)
-class Received:
-    """An object that arrived in a local file.
-
-    Either a file to copy into the store (``pacs import``), or, with ``writer``, an object already
-    written into the store but not yet committed (C-STORE, see ``dicom_nodes.spool``); ``path`` is
-    then the writer's local file. ``sha256``/``size`` are given when computed while receiving.
-    """
-
-    path: Path
-    sha256: str | None = None
-    size: int | None = None
-    writer: ObjectWriter | None = None
-
-
-@dataclass(frozen=True)
 class Expected:
     """What the transport announced for the object (the C-STORE command and its context)."""
 
@@ -67,13 +56,62 @@ class IngestResult:
     outcome: Outcome
     sop_instance_uid: str
     part_id: str
-    sha256: str
+    dataset_sha256: str
     size: int
     version_id: int
 
 
 def new_object_key() -> str:
     return uuid.uuid4().hex
+
+
+class Incoming:
+    """A Part 10 object being received straight into the store, hashed as it arrives.
+
+    Write the bytes as they come (preamble, file meta, dataset); then hand it to
+    :meth:`IngestService.ingest_incoming`, which commits it or discards it. A store failure while
+    writing does not raise: the bytes stop going anywhere and ingest reports the failure, so a
+    network peer can be answered with a status instead of a dropped association.
+    """
+
+    def __init__(self, writer: ObjectWriter) -> None:
+        self._writer = writer
+        self._hasher = Part10Hasher()
+        self.error: StorageError | None = None
+
+    @property
+    def key(self) -> str:
+        return self._writer.key
+
+    @property
+    def path(self) -> Path:
+        """A local file with the bytes written so far."""
+        return self._writer.path
+
+    @property
+    def size(self) -> int:
+        return self._hasher.size
+
+    def write(self, data: bytes | bytearray | memoryview) -> int:
+        if self.error is None:
+            try:
+                self._writer.write(data)
+            except StorageError as exc:
+                self.error = exc
+                self._writer.abort()
+        self._hasher.update(data)
+        return len(data)
+
+    def digests(self) -> Digests | None:
+        return self._hasher.digests()
+
+    def commit(self) -> str:
+        self._writer.commit()
+        return self._writer.key
+
+    def abort(self) -> None:
+        """Discard the object unless it was committed."""
+        self._writer.abort()
 
 
 class IngestService:
@@ -87,37 +125,73 @@ class IngestService:
     ) -> None:
         self.index = index
         self.store = store
-        self.new_key = new_key
+        self._new_key = new_key
         self._clock = clock
 
-    def ingest(
-        self, received: Received, ctx: CallerContext, expected: Expected | None = None
+    def receive(self) -> Incoming:
+        """Start receiving a new object into the store."""
+        try:
+            return Incoming(self.store.create(self._new_key()))
+        except StorageError as exc:
+            raise ResourceUnavailable(f"cannot start storing an object: {exc}") from exc
+
+    def ingest_incoming(
+        self, incoming: Incoming, ctx: CallerContext, expected: Expected | None = None
     ) -> IngestResult:
-        """Check, store and index one object; returns only once it is durable and indexed.
+        """Check, commit and index a received object; see :meth:`ingest_file`."""
+        name = expected.sop_instance_uid if expected else incoming.key
+        try:
+            if incoming.error is not None:
+                raise ResourceUnavailable(f"{name}: cannot store object: {incoming.error}")
+            return self._ingest(incoming.path, incoming.digests(), incoming.commit, ctx, expected, name)
+        finally:
+            incoming.abort()  # nothing happens once committed
+
+    def ingest_file(self, path: Path, ctx: CallerContext, expected: Expected | None = None) -> IngestResult:
+        """Check, store (a copy of ``path``) and index one object; returns once it is durable and indexed.
 
         Raises :class:`InvalidObject`/:class:`ObjectMismatch` for data that cannot be kept and
         :class:`ResourceUnavailable` when storage or index fail; in every case nothing is kept.
         """
+
+        def put() -> str:
+            key = self._new_key()
+            self.store.put_file(key, path)
+            return key
+
+        return self._ingest(path, None, put, ctx, expected, str(path))
+
+    def _ingest(
+        self,
+        path: Path,
+        digests: Digests | None,
+        put: Callable[[], str],
+        ctx: CallerContext,
+        expected: Expected | None,
+        name: str,
+    ) -> IngestResult:
         started = time.perf_counter()
-        name = expected.sop_instance_uid if expected else str(received.path)
-        writer = received.writer
         try:
-            parsed, sha256, size = self._examine(received, name)
-            _check(parsed, expected, name)
-            uid = parsed.sop_instance_uid
-            known = self.index.find_version(uid, sha256)
-            if known is not None:  # an identical re-send: nothing to store
-                if writer is not None:
-                    writer.abort()
-                log.info("%s: %s from %s", Outcome.DUPLICATE.value, uid, ctx.describe())
-                return IngestResult(Outcome.DUPLICATE, uid, _part_id(parsed), sha256, size, known)
-            key = self._put(received, uid)
-        except BaseException:
-            if writer is not None:
-                writer.abort()
-            raise
+            with open(path, "rb") as f:
+                parsed = parse_part10(f, name=name)
+                if digests is None or digests.dataset_offset != parsed.dataset_offset:
+                    digests = hash_part10_file(f, parsed.dataset_offset)
+        except FileNotFoundError:
+            raise InvalidObject(f"{name}: file not found") from None
+        _check(parsed, expected, name)
+        uid = parsed.sop_instance_uid
+        known = self.index.find_version(uid, digests.dataset_sha256)
+        if known is not None:  # an identical re-send: nothing to store
+            log.info("%s: %s from %s", Outcome.DUPLICATE.value, uid, ctx.describe())
+            return IngestResult(
+                Outcome.DUPLICATE, uid, _part_id(parsed), digests.dataset_sha256, digests.size, known
+            )
         try:
-            recorded = self.index.record(self._new_version(parsed, key, sha256, size, ctx))
+            key = put()
+        except (StorageError, OSError) as exc:
+            raise ResourceUnavailable(f"{uid}: cannot store object: {exc}") from exc
+        try:
+            recorded = self.index.record(self._new_version(parsed, key, digests, ctx))
         except BaseException:
             self._discard(key, uid)
             raise
@@ -129,37 +203,16 @@ class IngestService:
             uid,
             _part_id(parsed),
             parsed.dataset.get("Modality", "?"),
-            size / 1e6,
+            digests.size / 1e6,
             ctx.describe(),
             (time.perf_counter() - started) * 1000,
         )
-        return IngestResult(recorded.outcome, uid, _part_id(parsed), sha256, size, recorded.version_id)
-
-    def _examine(self, received: Received, name: str) -> tuple[ParsedObject, str, int]:
-        try:
-            with open(received.path, "rb") as f:
-                parsed = parse_part10(f, name=name)
-                if received.sha256 is not None and received.size is not None:
-                    return parsed, received.sha256, received.size
-                f.seek(0)
-                return parsed, hashlib.file_digest(f, "sha256").hexdigest(), parsed.size
-        except FileNotFoundError:
-            raise InvalidObject(f"{name}: file not found") from None
-
-    def _put(self, received: Received, uid: str) -> str:
-        """Make the object durable in the store; returns its key."""
-        try:
-            if received.writer is not None:
-                received.writer.commit()
-                return received.writer.key
-            key = self.new_key()
-            self.store.put_file(key, received.path)
-            return key
-        except (StorageError, OSError) as exc:
-            raise ResourceUnavailable(f"{uid}: cannot store object: {exc}") from exc
+        return IngestResult(
+            recorded.outcome, uid, _part_id(parsed), digests.dataset_sha256, digests.size, recorded.version_id
+        )
 
     def _new_version(
-        self, parsed: ParsedObject, key: str, sha256: str, size: int, ctx: CallerContext
+        self, parsed: ParsedObject, key: str, digests: Digests, ctx: CallerContext
     ) -> NewVersion:
         ds = parsed.dataset
         component = column_values("component", ds)
@@ -172,8 +225,10 @@ class IngestService:
             series=column_values("series", ds),
             instance=column_values("instance", ds),
             object_key=key,
-            sha256=sha256,
-            size=size,
+            dataset_sha256=digests.dataset_sha256,
+            file_meta_sha256=digests.file_meta_sha256,
+            dataset_offset=digests.dataset_offset,
+            size=digests.size,
             transfer_syntax_uid=parsed.transfer_syntax,
             pixel_data_offset=pixel.value_offset if pixel else None,
             frames=pixel.frames if pixel else None,

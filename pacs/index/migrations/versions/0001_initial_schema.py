@@ -113,7 +113,9 @@ def upgrade() -> None:
         sa.Column("id", Id, autoincrement=True, nullable=False),
         sa.Column("instance_id", Id, nullable=False),
         sa.Column("object_key", sa.String(length=200), nullable=False),
-        sa.Column("sha256", sa.String(length=64), nullable=False),
+        sa.Column("dataset_sha256", sa.String(length=64), nullable=False),
+        sa.Column("file_meta_sha256", sa.String(length=64), nullable=False),
+        sa.Column("dataset_offset", sa.Integer(), nullable=False),
         sa.Column("size", sa.BigInteger(), nullable=False),
         sa.Column("transfer_syntax_uid", sa.String(length=64), nullable=False),
         sa.Column("pixel_data_offset", sa.BigInteger(), nullable=True),
@@ -129,7 +131,9 @@ def upgrade() -> None:
         ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_instance_version")),
         sa.UniqueConstraint("object_key", name=op.f("uq_instance_version_object_key")),
-        sa.UniqueConstraint("instance_id", "sha256", name=op.f("uq_instance_version_instance_id_sha256")),
+        sa.UniqueConstraint(
+            "instance_id", "dataset_sha256", name=op.f("uq_instance_version_instance_id_dataset_sha256")
+        ),
     )
 
 
