@@ -1,4 +1,4 @@
-"""Association policy: who may associate, how many at once, and which transfer syntax is accepted.
+"""Association policy: who may associate, and how many at once.
 
 Checked when the A-ASSOCIATE-RQ arrives (``EVT_REQUESTED``), before any presentation context is
 negotiated, so a refused peer gets an A-ASSOCIATE-RJ (PS3.8 7.1.1.9) and nothing else.
@@ -9,13 +9,12 @@ from __future__ import annotations
 import ipaddress
 import logging
 import socket
-from collections.abc import Iterable
+from collections.abc import Iterable, MutableSequence
 from typing import Any, Protocol, cast
 
 from pynetdicom import evt
 from pynetdicom.events import Event
 from pynetdicom.pdu_primitives import A_ASSOCIATE
-from pynetdicom.presentation import PresentationContext
 
 log = logging.getLogger(__name__)
 
@@ -24,47 +23,57 @@ REJECT_CALLING_AE = (0x01, 0x01, 0x03)  # permanent, service user, calling AE ti
 REJECT_LOCAL_LIMIT = (0x02, 0x03, 0x02)  # transient, service provider (presentation), local limit exceeded
 
 
-class Counter(Protocol):
-    """A counter shared by all server processes (``multiprocessing.Value('i')``)."""
-
-    value: int
+class SharedSlots(Protocol):
+    """Per-worker association counts shared by all server processes (``multiprocessing.Array('i')``)."""
 
     def get_lock(self) -> Any: ...
 
+    def __getitem__(self, index: int) -> int: ...
+
+    def __setitem__(self, index: int, value: int) -> None: ...
+
+    def __len__(self) -> int: ...
+
 
 class AssociationLimiter:
-    """At most ``limit`` associations at once across every process sharing ``counter``."""
+    """At most ``limit`` associations at once across every process sharing ``slots``.
 
-    def __init__(self, limit: int, counter: Counter) -> None:
+    Each worker counts in its own slot, so when a worker dies the supervisor can give its
+    associations back (:meth:`reset`) instead of the limit shrinking for good.
+    """
+
+    def __init__(self, limit: int, slots: SharedSlots, worker: int = 0) -> None:
         self.limit = limit
-        self._counter = counter
+        self._slots = slots
+        self._worker = worker
 
     def try_acquire(self) -> bool:
-        with self._counter.get_lock():
-            if self._counter.value >= self.limit:
+        with self._slots.get_lock():
+            if sum(self._slots[i] for i in range(len(self._slots))) >= self.limit:
                 return False
-            self._counter.value += 1
+            self._slots[self._worker] += 1
             return True
 
     def release(self) -> None:
-        with self._counter.get_lock():
-            self._counter.value = max(0, self._counter.value - 1)
+        with self._slots.get_lock():
+            self._slots[self._worker] = max(0, self._slots[self._worker] - 1)
 
     @property
     def active(self) -> int:
-        return int(self._counter.value)
+        with self._slots.get_lock():
+            return sum(self._slots[i] for i in range(len(self._slots)))
+
+    @staticmethod
+    def reset(slots: MutableSequence[int] | SharedSlots, worker: int) -> None:
+        """Forget the associations of a worker that is gone."""
+        with slots.get_lock():  # type: ignore[union-attr]
+            slots[worker] = 0
 
 
 class AssociationPolicy:
-    def __init__(
-        self,
-        allowed_peers: Iterable[tuple[str, str | None]],
-        limiter: AssociationLimiter,
-        transfer_syntaxes: Iterable[str],
-    ) -> None:
+    def __init__(self, allowed_peers: Iterable[tuple[str, str | None]], limiter: AssociationLimiter) -> None:
         self._allowed = [(title, _resolve(host) if host else None) for title, host in allowed_peers]
         self._limiter = limiter
-        self._transfer_syntaxes = frozenset(transfer_syntaxes)
 
     def handlers(self) -> list[tuple[Any, Any]]:
         return [(evt.EVT_REQUESTED, self.on_requested), (evt.EVT_CONN_CLOSE, self.on_closed)]
@@ -88,9 +97,6 @@ class AssociationPolicy:
             self._reject(assoc, REJECT_LOCAL_LIMIT)
             return
         assoc._pacs_counted = True  # type: ignore[attr-defined]
-        assoc.acceptor.supported_contexts = self.contexts_for(
-            request.presentation_context_definition_list, assoc.acceptor.supported_contexts
-        )
 
     def on_closed(self, event: Event) -> None:
         if getattr(event.assoc, "_pacs_counted", False):
@@ -104,40 +110,6 @@ class AssociationPolicy:
             if title == calling_ae and (hosts is None or _same_host(address, hosts)):
                 return True
         return False
-
-    def contexts_for(
-        self, requested: list[PresentationContext], supported: list[PresentationContext]
-    ) -> list[PresentationContext]:
-        """The acceptor's contexts for this association, keeping the sender's encoding.
-
-        pynetdicom accepts, per context, the first of *the acceptor's* transfer syntaxes that the
-        requestor proposed. Listing ours in the order the sender proposed them makes that the
-        sender's first supported choice, so a compressed original is never converted in flight.
-        When a sender proposes one SOP class in several contexts, the order is that of first
-        appearance across them, which is the sender's order in every context unless two of its
-        contexts rank the same syntaxes differently.
-        """
-        supported_by_uid = {str(cx.abstract_syntax): cx for cx in supported}
-        order: dict[str, list[str]] = {}
-        for rq in requested:
-            uid = str(rq.abstract_syntax)
-            if uid not in supported_by_uid:
-                continue
-            ranked = order.setdefault(uid, [])
-            for ts in map(str, rq.transfer_syntax):
-                if ts in self._transfer_syntaxes and ts not in ranked:
-                    ranked.append(ts)
-        contexts = []
-        for uid, ranked in order.items():
-            if not ranked:
-                continue
-            base = supported_by_uid[uid]
-            cx = PresentationContext()
-            cx.abstract_syntax = uid
-            cx.transfer_syntax = list(ranked)
-            cx.scu_role, cx.scp_role = base.scu_role, base.scp_role
-            contexts.append(cx)
-        return contexts
 
     @staticmethod
     def _reject(assoc: Any, reason: tuple[int, int, int]) -> None:

@@ -21,6 +21,7 @@ from pynetdicom.presentation import AllStoragePresentationContexts
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import ThreadedAssociationServer
 
+from dicom_nodes import negotiation
 from dicom_nodes.policy import AssociationLimiter, AssociationPolicy
 from dicom_nodes.spool import Spooler
 from dicom_nodes.store import handle_store
@@ -89,9 +90,7 @@ class DicomNode:
             ae.add_supported_context(uid, list(STORED_TRANSFER_SYNTAXES))
         ae.add_supported_context(Verification, list(UNCOMPRESSED))
         self.ae = ae
-        policy = AssociationPolicy(
-            (split_peer(p) for p in settings.allowed_peers), limiter, STORED_TRANSFER_SYNTAXES
-        )
+        policy = AssociationPolicy((split_peer(p) for p in settings.allowed_peers), limiter)
         handlers = [*policy.handlers(), (evt.EVT_C_STORE, handle_store, [ingest, spooler])]
         self.server = SharedSocketServer(ae, listening, ae.supported_contexts, handlers)
         ae._servers.append(self.server)
@@ -104,6 +103,7 @@ class DicomNode:
 
     def start(self) -> None:
         self.spooler.install()
+        negotiation.install()
         self._thread = threading.Thread(
             target=self.server.serve_forever, kwargs={"poll_interval": 0.2}, name="dicom-accept", daemon=True
         )
@@ -115,7 +115,8 @@ class DicomNode:
     def stop(self, grace: float) -> None:
         """Stop accepting; let running associations finish for up to ``grace`` seconds, then abort them.
 
-        An aborted C-STORE never got its Success, so nothing is lost: the sender still has it.
+        An aborted C-STORE never got its Success, so nothing is lost: the sender still has it, and
+        the partial object is discarded here.
         """
         socketserver.BaseServer.shutdown(self.server)  # stop the accept loop only (no socket shutdown)
         deadline = time.monotonic() + grace
@@ -127,7 +128,13 @@ class DicomNode:
                 "aborting association with %s after %.0f s shutdown grace", assoc.requestor.ae_title, grace
             )
             assoc.abort()
+        for assoc in remaining:
+            assoc.join(timeout=5)
+        discarded = self.spooler.abort_pending()
+        if discarded:
+            log.warning("discarded %d partly received object(s)", discarded)
         self.server.server_close()
         if self.server in self.ae._servers:
             self.ae._servers.remove(self.server)
+        negotiation.uninstall()
         self.spooler.uninstall()

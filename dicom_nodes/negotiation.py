@@ -1,0 +1,65 @@
+"""Presentation context negotiation that keeps the sender's encoding.
+
+PS3.8 leaves the choice among the transfer syntaxes proposed for a context to the acceptor.
+pynetdicom takes, per context, the first of *the acceptor's* syntaxes that the sender proposed,
+and keeps one list per SOP class. An archive must instead take the sender's first supported
+choice in *each* context: a device proposing [RLE, Explicit VR LE] for an RLE original and
+[Explicit VR LE] for another context of the same SOP class must get RLE in the first, or it would
+decompress the original in flight.
+
+:func:`negotiate_in_sender_order` runs pynetdicom's own negotiation once per requested context,
+against our context for that SOP class with its transfer syntaxes listed in the order the sender
+proposed them for that context; roles, rejections and result codes stay pynetdicom's (a supported
+SOP class with no supported syntax is rejected with 0x04, an unknown one with 0x03).
+
+pynetdicom 3.0 calls ``pynetdicom.acse.negotiate_as_acceptor``; :func:`install` replaces that
+name for the process (the dependency is pinned; ``tests/integration/test_dcmtk_store.py`` checks
+the order with real senders).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pynetdicom.acse
+from pynetdicom.presentation import PresentationContext, negotiate_as_acceptor
+
+_original = negotiate_as_acceptor
+
+
+def negotiate_in_sender_order(
+    rq_contexts: list[PresentationContext], ac_contexts: list[PresentationContext], roles: Any = None
+) -> tuple[list[PresentationContext], list[Any]]:
+    supported = {str(cx.abstract_syntax): cx for cx in ac_contexts}
+    results: list[PresentationContext] = []
+    reply_roles: dict[str, Any] = {}
+    for requested in rq_contexts:
+        ours = supported.get(str(requested.abstract_syntax))
+        offer = [] if ours is None else [_in_sender_order(ours, requested)]
+        accepted, role_items = _original([requested], offer, roles)
+        results.extend(accepted)
+        for item in role_items:
+            reply_roles[str(item.sop_class_uid)] = item
+    results.sort(key=lambda cx: cx.context_id or 0)
+    return results, [reply_roles[uid] for uid in sorted(reply_roles)]
+
+
+def _in_sender_order(ours: PresentationContext, requested: PresentationContext) -> PresentationContext:
+    offered = [str(ts) for ts in requested.transfer_syntax]
+    supported = [str(ts) for ts in ours.transfer_syntax]
+    ranked = [ts for ts in offered if ts in supported]
+    context = PresentationContext()
+    context.abstract_syntax = ours.abstract_syntax
+    # No overlap: offer ours unchanged, so pynetdicom rejects with "transfer syntaxes not supported".
+    context.transfer_syntax = ranked or supported  # type: ignore[assignment]
+    context.scu_role = ours.scu_role
+    context.scp_role = ours.scp_role
+    return context
+
+
+def install() -> None:
+    pynetdicom.acse.negotiate_as_acceptor = negotiate_in_sender_order  # type: ignore[assignment]
+
+
+def uninstall() -> None:
+    pynetdicom.acse.negotiate_as_acceptor = _original  # type: ignore[assignment]
