@@ -154,6 +154,9 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
 
     archive = open_archive(settings)  # applies migrations once, before any worker starts
     description = archive.describe()
+    stale = archive.store.sweep_staging(older_than=3600)
+    if stale:
+        log.info("removed %d copies left in the object store's staging area by an earlier crash", stale)
     archive.close()
     dicom_socket = _listen(settings.host, settings.dicom_port)
     http_socket = _listen(settings.host, settings.http_port)
@@ -161,7 +164,9 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
     # previous run left half-received.
     if settings.incoming_dir.exists():
         shutil.rmtree(settings.incoming_dir)
-    associations = multiprocessing.get_context("fork").Value("i", 0)
+    # One association count per worker, shared: the limit holds across workers, and a dead worker's
+    # count is reset by the supervisor.
+    association_slots = multiprocessing.get_context("fork").Array("i", settings.worker_count)
 
     def worker_main(index: int, ready: Any, wait_for_stop: Any) -> None:
         worker_archive = open_archive(settings, upgrade_schema=False)
@@ -169,8 +174,8 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
             settings,
             worker_archive.ingest,
             dicom_socket,
-            AssociationLimiter(settings.max_associations, associations),
-            Spooler(worker_archive.store, worker_archive.ingest.new_key, settings.incoming_dir),
+            AssociationLimiter(settings.max_associations, association_slots, index - 1),
+            Spooler(worker_archive.ingest.receive, settings.incoming_dir),
         )
         node.start()
         http = uvicorn.Server(

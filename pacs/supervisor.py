@@ -49,6 +49,8 @@ class Supervisor:
     worker_main: WorkerMain
     on_ready: Callable[[], None]
     stop_timeout: float = 40.0
+    #: Called in the supervisor with the index of a worker that exited unexpectedly.
+    on_worker_exit: Callable[[int], None] | None = None
     _workers: dict[int, _Worker] = field(default_factory=dict)
 
     def run(self) -> int:
@@ -103,6 +105,8 @@ class Supervisor:
                 continue
             code = worker.process.exitcode
             worker.process.join()
+            if self.on_worker_exit is not None:
+                self.on_worker_exit(index)
             if not worker.ready:
                 died_unready = died_unready or (index, code)
                 continue

@@ -94,4 +94,9 @@ class ObjectStore(Protocol):
         """Raise :class:`StorageError` unless the store is reachable and writable."""
         ...
 
+    def sweep_staging(self, older_than: float) -> int:
+        """Remove local copies a crash left on their way into the store, older than ``older_than``
+        seconds (younger ones may belong to a process still writing); returns how many."""
+        ...
+
     def close(self) -> None: ...

@@ -93,18 +93,19 @@ class FileObjectWriter:
             raise StorageError(f"cannot create object {key!r}: {exc}") from exc
 
     def write(self, data: bytes | bytearray | memoryview) -> int:
-        if self._fd is None:
+        fd = self._fd  # abort() from another thread may close it; then os.write fails cleanly
+        if fd is None:
             raise StorageError(f"object {self.key!r} is closed for writing")
         view = memoryview(data)
         try:
             while view:
-                n = os.write(self._fd, view)
+                n = os.write(fd, view)
                 view = view[n:]
         except OSError as exc:
             raise StorageError(f"cannot write object {self.key!r}: {exc}") from exc
         self._written += len(data)
         if self._writeback is not None and self._written - self._flushed >= _WRITEBACK_STEP:
-            self._writeback(self._fd, self._flushed, self._written - self._flushed)
+            self._writeback(fd, self._flushed, self._written - self._flushed)
             self._flushed = self._written
         return len(data)
 
@@ -203,8 +204,7 @@ class FilesystemStore:
         except OSError as exc:
             raise StorageError(f"cannot delete object {key!r}: {exc}") from exc
 
-    def sweep_staging(self, older_than: float = 0.0) -> int:
-        """Remove copies left in ``.staging`` by a crash; returns how many were removed."""
+    def sweep_staging(self, older_than: float) -> int:
         removed = 0
         limit = time.time() - older_than
         for entry in os.scandir(self._staging):

@@ -12,6 +12,7 @@ import datetime as dt
 import io
 import os
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, BinaryIO, cast
@@ -216,6 +217,18 @@ class S3Store:
                     yield ObjectInfo(obj.object_name, int(obj.size or 0), _utc(obj.last_modified))
         except (MinioException, urllib3.exceptions.HTTPError, OSError) as exc:
             raise StorageError(f"cannot list bucket {self.bucket!r}: {exc}") from exc
+
+    def sweep_staging(self, older_than: float) -> int:
+        removed = 0
+        limit = time.time() - older_than
+        for path in self.staging_dir.glob("s3-*.part"):
+            try:
+                if path.stat().st_mtime <= limit:
+                    path.unlink()
+                    removed += 1
+            except FileNotFoundError:
+                pass
+        return removed
 
     def check(self) -> None:
         try:

@@ -160,13 +160,13 @@ def start_dicom_node(archive: Archive, settings: Settings | None = None) -> Runn
 
     settings = settings or archive.settings
     listening = socket.create_server(("127.0.0.1", 0))
-    counter = multiprocessing.get_context("fork").Value("i", 0)
+    slots = multiprocessing.get_context("fork").Array("i", 1)
     node = DicomNode(
         settings,
         archive.ingest,
         listening,
-        AssociationLimiter(settings.max_associations, counter),
-        Spooler(archive.store, archive.ingest.new_key, settings.incoming_dir),
+        AssociationLimiter(settings.max_associations, slots),
+        Spooler(archive.ingest.receive, settings.incoming_dir),
     )
     node.start()
     host, port = node.address
