@@ -7,8 +7,10 @@ at import time.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from sqlalchemy import Engine
+from sqlalchemy.engine import make_url
 
 from pacs.config import Settings
 from pacs.errors import ResourceUnavailable
@@ -48,6 +50,8 @@ class Archive:
 def open_archive(settings: Settings, *, upgrade_schema: bool = True) -> Archive:
     """Connect index and object store; with ``upgrade_schema`` bring the schema to the current head."""
     assert settings.database_url is not None and settings.object_store is not None
+    if not upgrade_schema:
+        _require_existing_index(settings.database_url)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     engine = create_index_engine(settings.database_url)
     try:
@@ -71,3 +75,14 @@ def open_archive(settings: Settings, *, upgrade_schema: bool = True) -> Archive:
         ingest=IngestService(index, store),
         retrieve=RetrieveService(index, store),
     )
+
+
+def _require_existing_index(url: str) -> None:
+    """Maintenance commands act on an existing archive; they must not create an empty one."""
+    parsed = make_url(url)
+    path = parsed.database if parsed.get_backend_name() == "sqlite" else None
+    if path and path != ":memory:" and not Path(path).exists():
+        raise ResourceUnavailable(
+            f"no archive index at {path}: check --data-dir / --database-url, "
+            "or create it with `pacs db upgrade`"
+        )
