@@ -53,7 +53,9 @@ class SeaweedS3:
                 }
             )
         )
-        s3, filer, master, volume = _ports(4)
+        # Every listener gets a port of its own (each also takes port + 10000 for gRPC), and the ones
+        # not needed are off, so several test sessions can run on one machine at once.
+        s3, filer, master, volume, admin = _ports(5)
         self.endpoint = f"127.0.0.1:{s3}"
         self._log = open(self.workdir / "weed.log", "wb")  # noqa: SIM115 - closed in stop()
         self.process = subprocess.Popen(
@@ -65,8 +67,11 @@ class SeaweedS3:
                 "-ip.bind=127.0.0.1",
                 "-master.telemetry=false",
                 "-admin.ui=false",
+                f"-admin.port={admin}",
+                "-webdav=false",
                 f"-s3.port={s3}",
                 "-s3.port.iceberg=0",
+                "-s3.port.lance=0",
                 f"-s3.config={config}",
                 f"-filer.port={filer}",
                 f"-master.port={master}",
