@@ -91,7 +91,11 @@ class DicomNode:
         ae.add_supported_context(Verification, list(UNCOMPRESSED))
         self.ae = ae
         policy = AssociationPolicy((split_peer(p) for p in settings.allowed_peers), limiter)
-        handlers = [*policy.handlers(), (evt.EVT_C_STORE, handle_store, [ingest, spooler])]
+        handlers = [
+            *policy.handlers(),
+            (evt.EVT_CONN_CLOSE, spooler.on_connection_closed),
+            (evt.EVT_C_STORE, handle_store, [ingest, spooler]),
+        ]
         self.server = SharedSocketServer(ae, listening, ae.supported_contexts, handlers)
         ae._servers.append(self.server)
         self._thread: threading.Thread | None = None

@@ -8,9 +8,9 @@ whatever the instance size. :class:`Spooler` supplies that file object instead: 
 hashed on the way. Hashing, and on a filesystem store the write-back to disk, then overlap the
 network transfer; the C-STORE handler only checks, commits and indexes.
 
-Nothing is kept until the handler commits; an association aborted mid-transfer drops its
-:class:`SpoolFile`, which discards the partial object, and :meth:`Spooler.abort_pending` discards
-what a stopping server still holds.
+Nothing is kept until the handler commits. When a connection closes, the objects its association
+was still receiving are discarded (:meth:`Spooler.on_connection_closed`, bound to
+``EVT_CONN_CLOSE``), and :meth:`Spooler.abort_pending` discards what a stopping server still holds.
 
 This relies on how pynetdicom 3.0 creates and uses that file (``dimse_messages.NamedTemporaryFile``,
 then ``write``, ``file.flush``, ``name``, ``close``, and an ``unlink(name)`` after the handler); the
@@ -21,13 +21,13 @@ from __future__ import annotations
 
 import logging
 import threading
-import weakref
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pynetdicom.dimse_messages
 from pynetdicom import _config
+from pynetdicom.events import Event
 
 from pacs.errors import ResourceUnavailable
 from pacs.services.ingest import Incoming
@@ -38,14 +38,21 @@ log = logging.getLogger(__name__)
 class SpoolFile:
     """The file object pynetdicom writes one received dataset to."""
 
-    def __init__(self, incoming: Incoming | None, name: str, error: Exception | None = None) -> None:
+    def __init__(
+        self, incoming: Incoming | None, name: str, owner: object, error: Exception | None = None
+    ) -> None:
         self.incoming = incoming
         # pynetdicom reports ``name`` as the dataset's path and unlinks it after the handler ran.
         # It is a token that never exists on disk, so that unlink can never touch the object.
         self.name = name
+        self.owner = owner  # the receiving thread (pynetdicom's DUL thread of the association)
         self.error = error  # the store could not even start the object; the handler reports it
-        self.file = self  # pynetdicom calls ``.file.flush()`` after each fragment
         self.claimed = False
+
+    @property
+    def file(self) -> SpoolFile:
+        """pynetdicom calls ``.file.flush()`` after each fragment."""
+        return self
 
     def write(self, data: bytes | bytearray | memoryview) -> int:
         if self.incoming is not None:
@@ -58,8 +65,9 @@ class SpoolFile:
     def close(self) -> None:
         """The object stays open until the handler commits or discards it."""
 
-    def __del__(self) -> None:
-        if not self.claimed and self.incoming is not None:
+    def discard(self) -> None:
+        self.claimed = True
+        if self.incoming is not None:
             self.incoming.abort()
 
 
@@ -69,9 +77,7 @@ class Spooler:
     def __init__(self, receive: Callable[[], Incoming], token_dir: Path) -> None:
         self._receive = receive
         self._token_dir = Path(token_dir)
-        # Weak: pynetdicom holds the file while the transfer runs; when an aborted association drops
-        # it, it vanishes from here too and its __del__ discards the partial object.
-        self._files: weakref.WeakValueDictionary[str, SpoolFile] = weakref.WeakValueDictionary()
+        self._files: dict[str, SpoolFile] = {}  # being received, not yet claimed by the handler
         self._lock = threading.Lock()
         self._count = 0
         self._original: Any = None
@@ -81,11 +87,13 @@ class Spooler:
         with self._lock:
             self._count += 1
             name = str(self._token_dir / f"receiving-{id(self)}-{self._count}")
+        # pynetdicom calls this from the association's DUL thread, which receives its data.
+        owner = threading.current_thread()
         try:
-            spool = SpoolFile(self._receive(), name)
+            spool = SpoolFile(self._receive(), name, owner)
         except ResourceUnavailable as exc:
             log.error("cannot start receiving a C-STORE dataset: %s", exc)
-            spool = SpoolFile(None, name, error=exc)
+            spool = SpoolFile(None, name, owner, error=exc)
         with self._lock:
             self._files[name] = spool
         return spool
@@ -103,15 +111,23 @@ class Spooler:
         with self._lock:
             return len(self._files)
 
+    def on_connection_closed(self, event: Event) -> None:
+        """``EVT_CONN_CLOSE``: what the association was still receiving will never be complete."""
+        receiver = getattr(event.assoc, "dul", None)
+        with self._lock:
+            mine = [name for name, spool in self._files.items() if spool.owner is receiver]
+            spools = [self._files.pop(name) for name in mine]
+        for spool in spools:
+            log.warning("discarding a C-STORE dataset cut off by the end of its association")
+            spool.discard()
+
     def abort_pending(self) -> int:
         """Discard every object still being received (the server is stopping); returns how many."""
         with self._lock:
             spools = list(self._files.values())
             self._files.clear()
         for spool in spools:
-            spool.claimed = True
-            if spool.incoming is not None:
-                spool.incoming.abort()
+            spool.discard()
         return len(spools)
 
     def install(self) -> None:

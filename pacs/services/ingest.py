@@ -252,28 +252,30 @@ def _part_id(parsed: ParsedObject) -> str:
 
 
 def _check(parsed: ParsedObject, expected: Expected | None, name: str) -> None:
+    """What must hold for an object to be kept. Messages give the reason before the values: a
+    DIMSE Error Comment keeps only 64 characters."""
     ds = parsed.dataset
     for keyword, tag in _REQUIRED_UIDS:
         value = str(ds.get(keyword, "") or "")
         if not value:
             raise ObjectMismatch(f"{name}: {keyword} {tag} is missing")
         if len(value) > 64:
-            raise ObjectMismatch(f"{name}: {keyword} {tag} {value!r} is longer than 64 characters")
+            raise ObjectMismatch(f"{name}: {keyword} {tag} longer than 64 characters: {value!r}")
     meta_uid = str(ds.file_meta.get("MediaStorageSOPInstanceUID", "") or "")
     if meta_uid and meta_uid != parsed.sop_instance_uid:
         raise ObjectMismatch(
-            f"{name}: file meta SOP Instance UID {meta_uid} differs from the dataset's "
-            f"{parsed.sop_instance_uid}"
+            f"{name}: file meta and dataset SOP Instance UIDs differ: {meta_uid} in the file meta, "
+            f"{parsed.sop_instance_uid} in the dataset"
         )
     if expected is None:
         return
     if parsed.sop_instance_uid != expected.sop_instance_uid:
         raise ObjectMismatch(
-            f"{name}: dataset SOP Instance UID {parsed.sop_instance_uid} differs from the request's "
-            f"{expected.sop_instance_uid}"
+            f"{name}: SOP Instance UID differs from the C-STORE request's: dataset "
+            f"{parsed.sop_instance_uid}, request {expected.sop_instance_uid}"
         )
     if parsed.sop_class_uid != expected.sop_class_uid:
         raise ObjectMismatch(
-            f"{name}: dataset SOP Class UID {parsed.sop_class_uid} differs from the request's "
-            f"{expected.sop_class_uid}"
+            f"{name}: SOP Class UID differs from the C-STORE request's: dataset "
+            f"{parsed.sop_class_uid}, request {expected.sop_class_uid}"
         )
