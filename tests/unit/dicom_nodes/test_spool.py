@@ -1,0 +1,194 @@
+"""Guards the pynetdicom internals that ``dicom_nodes/spool.py`` relies on.
+
+The spooler replaces ``pynetdicom.dimse_messages.NamedTemporaryFile`` so a received C-STORE dataset is
+written straight into a new object of the store, and relies on pynetdicom reporting that file's
+``name`` as ``event.dataset_path`` and unlinking that name after the handler. pynetdicom is pinned;
+when an upgrade changes any of this, these tests say so before an instance is lost.
+"""
+
+from __future__ import annotations
+
+import gc
+import hashlib
+import multiprocessing
+import os
+import socket
+import tempfile
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pynetdicom.dimse_messages
+import pytest
+from pydicom.dataset import Dataset
+from pydicom.uid import DigitalXRayImageStorageForPresentation, ExplicitVRLittleEndian
+from pynetdicom import AE, _config
+from pynetdicom.dsutils import encode
+
+from dicom_nodes.policy import AssociationLimiter
+from dicom_nodes.server import DicomNode
+from dicom_nodes.spool import Spooler, SpoolFile
+from pacs.archive import Archive
+from tests.support.factories import diconde_dx
+
+
+class RecordingSpooler(Spooler):
+    """The real spooler, remembering what it handed out and what the C-STORE handler claimed."""
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self.created: list[SpoolFile] = []
+        self.claims: list[tuple[str, SpoolFile | None]] = []
+
+    def create(self, *args: Any, **kwargs: Any) -> SpoolFile:
+        spool = super().create(*args, **kwargs)
+        self.created.append(spool)
+        return spool
+
+    def claim(self, path: Path | str) -> SpoolFile | None:
+        spool = super().claim(path)
+        self.claims.append((str(path), spool))
+        return spool
+
+
+@pytest.fixture
+def spooler(archive: Archive) -> Iterator[RecordingSpooler]:
+    spooler = RecordingSpooler(archive.ingest.receive, archive.settings.incoming_dir)
+    yield spooler
+    spooler.uninstall()
+
+
+@pytest.fixture
+def node(archive: Archive, spooler: RecordingSpooler) -> Iterator[DicomNode]:
+    """The archive's DIMSE face on a free port, receiving through ``spooler``."""
+    settings = archive.settings
+    slots = multiprocessing.get_context("fork").Array("i", 1)
+    node = DicomNode(
+        settings,
+        archive.ingest,
+        socket.create_server(("127.0.0.1", 0)),
+        AssociationLimiter(settings.max_associations, slots),
+        spooler,
+    )
+    node.start()
+    yield node
+    node.stop(grace=5)
+
+
+def dataset_bytes(ds: Dataset) -> bytes:
+    """What pynetdicom puts on the wire for ``ds`` in explicit VR little endian."""
+    encoded = encode(ds, False, True)
+    assert encoded is not None
+    return encoded
+
+
+def object_keys(archive: Archive) -> set[str]:
+    return {info.key for info in archive.store.iter_objects()}
+
+
+def test_install_hooks_pynetdicom_and_uninstall_restores(spooler: RecordingSpooler) -> None:
+    assert pynetdicom.dimse_messages.NamedTemporaryFile is tempfile.NamedTemporaryFile
+
+    spooler.install()
+    assert pynetdicom.dimse_messages.NamedTemporaryFile == spooler.create
+    assert _config.STORE_RECV_CHUNKED_DATASET is True
+
+    spooler.uninstall()
+    assert pynetdicom.dimse_messages.NamedTemporaryFile is tempfile.NamedTemporaryFile
+    assert _config.STORE_RECV_CHUNKED_DATASET is False
+
+
+def test_received_dataset_goes_through_a_spool_file_into_the_store(
+    archive: Archive, node: DicomNode, spooler: RecordingSpooler, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    unlinked: list[str] = []
+    real_unlink = os.unlink
+
+    def recording_unlink(path: Any, *args: Any, **kwargs: Any) -> None:
+        unlinked.append(os.fspath(path))
+        real_unlink(path, *args, **kwargs)
+
+    # pynetdicom's StorageServiceClass calls os.unlink(file.name) once the handler returned.
+    monkeypatch.setattr(os, "unlink", recording_unlink)
+    ds = diconde_dx(rows=32, columns=32)
+    ae = AE(ae_title="SPOOL_SCU")
+    ae.add_requested_context(DigitalXRayImageStorageForPresentation, [ExplicitVRLittleEndian])
+    host, port = node.address
+    assoc = ae.associate(host, port, ae_title=node.settings.ae_title)
+    try:
+        assert assoc.send_c_store(ds).Status == 0x0000
+    finally:
+        assoc.release()
+
+    # The handler was given, as event.dataset_path, the name of the spool file pynetdicom wrote to.
+    [spool] = spooler.created
+    assert spooler.claims == [(spool.name, spool)]
+    assert not Path(spool.name).exists()  # a token, never a file on disk
+    assert spool.name in unlinked  # pynetdicom still unlinks it after the handler ...
+
+    # ... and that did not touch the committed object, whose hashes were computed on the way in.
+    version = archive.retrieve.current(ds.SOPInstanceUID)
+    assert spool.incoming is not None and version.object_key == spool.incoming.key
+    with archive.retrieve.open(version) as f:
+        stored = f.read()
+    digests = spool.incoming.digests()
+    assert digests is not None
+    offset = digests.dataset_offset
+    assert hashlib.sha256(stored[offset:]).hexdigest() == digests.dataset_sha256 == version.dataset_sha256
+    assert hashlib.sha256(stored[:offset]).hexdigest() == digests.file_meta_sha256 == version.file_meta_sha256
+    assert stored[offset:] == dataset_bytes(ds)
+    assert spool.incoming.size == len(stored) == version.size
+    assert object_keys(archive) == {version.object_key}
+    assert spooler.pending == 0
+
+
+@pytest.fixture
+def without_cyclic_gc() -> Iterator[None]:
+    """A collection between ``del`` and the check would hide whether dropping the file is enough."""
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
+
+
+@pytest.mark.usefixtures("without_cyclic_gc")
+def test_connection_closed_discards_what_its_association_was_still_receiving(
+    archive: Archive, spooler: RecordingSpooler
+) -> None:
+    """An association cut off mid-transfer: its spool file is never claimed, and when the connection
+    closes (EVT_CONN_CLOSE) the partial object goes, deterministically, without waiting for a GC."""
+    receiver = threading.Thread(target=lambda: None)  # stands for the association's DUL thread
+
+    def create_in(thread_owner: threading.Thread) -> SpoolFile:
+        spool: SpoolFile | None = None
+
+        def run() -> None:
+            nonlocal spool
+            spool = spooler.create(delete=False, mode="wb", suffix=".dcm")
+
+        worker = threading.Thread(target=run)
+        worker.start()
+        worker.join()
+        assert spool is not None
+        spool.owner = thread_owner  # the receiving thread recorded at creation
+        return spool
+
+    cut_off = create_in(receiver)
+    other = create_in(threading.Thread(target=lambda: None))  # another association's transfer
+    for spool in (cut_off, other):
+        assert spool.incoming is not None
+        spool.write(b"\x00" * 128 + b"DICM" + b"partial dataset")
+    cut_off_local = cut_off.incoming.path  # type: ignore[union-attr]
+    other_local = other.incoming.path  # type: ignore[union-attr]
+
+    spooler.on_connection_closed(SimpleNamespace(assoc=SimpleNamespace(dul=receiver)))  # type: ignore[arg-type]
+
+    assert not cut_off_local.exists(), "the cut-off transfer's partial data outlived its connection"
+    assert cut_off.incoming.key not in object_keys(archive)  # type: ignore[union-attr]
+    assert other_local.exists(), "another association's transfer in progress was discarded"
+    assert spooler.pending == 1
+    assert spooler.abort_pending() == 1
+    assert not other_local.exists()
