@@ -72,8 +72,8 @@ class Part10Hasher:
 
 
 def hash_part10_file(f: BinaryIO, dataset_offset: int) -> Digests:
-    """Both digests of the file open in ``f``, whose dataset starts at ``dataset_offset``."""
-    f.seek(0)
+    """Both digests of the object read from ``f`` (positioned at its start, read to its end in
+    order: a stream from S3 cannot seek), whose dataset starts at ``dataset_offset``."""
     meta = hashlib.sha256(f.read(dataset_offset))
     dataset = hashlib.sha256()
     size = dataset_offset

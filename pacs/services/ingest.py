@@ -175,6 +175,7 @@ class IngestService:
             with open(path, "rb") as f:
                 parsed = parse_part10(f, name=name)
                 if digests is None or digests.dataset_offset != parsed.dataset_offset:
+                    f.seek(0)
                     digests = hash_part10_file(f, parsed.dataset_offset)
         except FileNotFoundError:
             raise InvalidObject(f"{name}: file not found") from None
