@@ -28,6 +28,7 @@ from pydicom.pixels.utils import get_expected_length
 from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian, ImplicitVRLittleEndian
 
 from pacs.diconde.encodings import STORED_TRANSFER_SYNTAXES, codestream_start_marker, is_video
+from pacs.diconde.iods import is_image_storage
 from pacs.errors import InvalidObject, ObjectMismatch
 
 PIXEL_TAGS = {0x7FE00010: "PixelData", 0x7FE00009: "DoubleFloatPixelData", 0x7FE00008: "FloatPixelData"}
@@ -73,6 +74,7 @@ _LONG_VRS = frozenset(["OB", "OD", "OF", "OL", "OV", "OW", "SQ", "SV", "UC", "UN
 _ITEM, _ITEM_END, _SEQ_END = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
 _UNDEFINED = 0xFFFFFFFF
 _MAX_DEPTH = 64
+_IMAGE_PIXEL_KEYWORDS = ("Rows", "Columns", "SamplesPerPixel", "PhotometricInterpretation", "BitsAllocated")
 _MAX_INFLATED = 1 << 30  # deflated datasets are inflated in memory to be checked; they are small in practice
 
 Segment = tuple[int, int]  # (offset, length) in the stored file
@@ -139,10 +141,11 @@ def parse_part10(f: BinaryIO, *, name: str = "object") -> ParsedObject:
 
     sop_class = str(header.get("SOPClassUID", "") or "")
     sop_instance = str(header.get("SOPInstanceUID", "") or "")
-    if pixel is None and header.get("Rows") and header.get("Columns"):
-        # The Image Pixel module is present but its Pixel Data is not: a dataset cut short at an
-        # element boundary looks exactly like this.
-        raise ObjectMismatch(f"{name}: Rows and Columns are present but Pixel Data (7FE0,0010) is missing")
+    claimed_class = sop_class or str(meta.get("MediaStorageSOPClassUID", "") or "")
+
+    if pixel is None and (is_image_storage(claimed_class) or any(k in header for k in _IMAGE_PIXEL_KEYWORDS)):
+        # An image without its pixels: a dataset cut short at an element boundary looks exactly so.
+        raise ObjectMismatch(f"{name}: Pixel Data (7FE0,0010) is missing from an image")
     pixel_info = None
     if pixel is not None:
         pixel_info = _pixel_info(pixel, header, transfer_syntax, base is not None, source, name)
@@ -176,21 +179,40 @@ class _Source:
         f.seek(start)
         inflater = zlib.decompressobj(-zlib.MAX_WBITS)
         out = io.BytesIO()
+        crc = 0
         while chunk := f.read(1 << 20):
             try:
-                out.write(inflater.decompress(chunk, _MAX_INFLATED - out.tell() + 1))
+                data = inflater.decompress(chunk, _MAX_INFLATED - out.tell() + 1)
             except zlib.error as exc:
                 raise InvalidObject(f"{name}: deflated dataset is corrupt: {exc}") from exc
+            out.write(data)
+            crc = zlib.crc32(data, crc)
             if out.tell() > _MAX_INFLATED:
                 raise InvalidObject(f"{name}: deflated dataset inflates beyond {_MAX_INFLATED} bytes")
-        out.write(inflater.flush())
+        tail = inflater.flush()
+        out.write(tail)
+        crc = zlib.crc32(tail, crc)
         if not inflater.eof:
             raise InvalidObject(f"{name}: deflated dataset is truncated")
+        _check_deflate_trailer(inflater.unused_data, crc, out.tell(), name)
         return cls(out, 0, out.tell())
 
     def read(self, offset: int, n: int) -> bytes:
         self.f.seek(offset)
         return self.f.read(n)
+
+
+def _check_deflate_trailer(unused: bytes, crc: int, size: int, name: str) -> None:
+    """What may follow the deflated stream: one padding byte (to an even length), and, as some
+    writers (dcmtk) add, a gzip-style trailer of CRC-32 and length that matches the data. Any
+    other byte is not part of the dataset."""
+    if len(unused) % 2 and unused.endswith(b"\x00"):
+        unused = unused[:-1]
+    if not unused:
+        return
+    if len(unused) == 8 and struct.unpack("<LL", unused) == (crc, size & 0xFFFFFFFF):
+        return
+    raise InvalidObject(f"{name}: {len(unused)} unparseable bytes after the deflated dataset")
 
 
 @dataclass
@@ -215,8 +237,10 @@ def _walk_file_meta(f: BinaryIO, size: int, name: str) -> int:
         if vr not in _VRS:
             raise InvalidObject(f"{name}: file meta element at byte {pos} has invalid VR {vr!r}")
         if vr in _LONG_VRS:
-            length = struct.unpack("<L", f.read(4))[0]
-            pos += 12 + length
+            raw = f.read(4)
+            if len(raw) < 4:
+                raise InvalidObject(f"{name}: file meta is truncated at byte {pos}")
+            pos += 12 + struct.unpack("<L", raw)[0]
         else:
             pos += 8 + struct.unpack_from("<H", head, 6)[0]
         if pos > size:
@@ -415,7 +439,7 @@ def _encapsulated_frames(
     relative = [offset - 8 - first_item for offset, _ in fragments]
 
     starts: list[int] | None = None
-    eot = ds.get("ExtendedOffsetTable")
+    eot = ds.get(0x7FE00001)  # Extended Offset Table, PS3.5 A.4 (OV: 64-bit offsets)
     if eot is not None and eot.value:
         starts = list(struct.unpack(f"<{len(eot.value) // 8}Q", eot.value))
     elif bot[1]:
