@@ -13,6 +13,7 @@ from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 
 from pacs.dicom.parse import PixelDataInfo
+from pacs.diconde import without_nul
 
 BULK_THRESHOLD = 1024
 
@@ -22,7 +23,9 @@ def _bulk_reference(elem: DataElement) -> str:
 
 
 def to_dicom_json(ds: Dataset, pixel: PixelDataInfo | None = None) -> dict[str, Any]:
-    """``ds`` (without pixel data) as DICOM JSON; values pydicom cannot convert are left out."""
+    """``ds`` (without pixel data) as DICOM JSON; values pydicom cannot convert are left out, and
+    NUL characters are dropped from strings (JSON in PostgreSQL cannot hold them; the stored object
+    keeps the original bytes)."""
     model: dict[str, Any] = ds.to_json_dict(
         bulk_data_threshold=BULK_THRESHOLD,
         bulk_data_element_handler=_bulk_reference,
@@ -30,4 +33,14 @@ def to_dicom_json(ds: Dataset, pixel: PixelDataInfo | None = None) -> dict[str, 
     )
     if pixel is not None:
         model[f"{pixel.tag:08X}"] = {"vr": pixel.vr, "BulkDataURI": f"{pixel.tag:08X}"}
-    return model
+    return _without_nul(model)
+
+
+def _without_nul(value: Any) -> Any:
+    if isinstance(value, str):
+        return without_nul(value)
+    if isinstance(value, dict):
+        return {key: _without_nul(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_without_nul(item) for item in value]
+    return value

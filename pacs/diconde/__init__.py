@@ -50,14 +50,20 @@ class IndexedAttribute:
         kind = self.python_type
         if kind is str:
             if isinstance(value, MultiValue):
-                return "\\".join(str(v) for v in value)
-            return str(value)
+                return without_nul("\\".join(str(v) for v in value))
+            return without_nul(str(value))
         if isinstance(value, MultiValue):
             value = value[0]
         try:
             return kind(value)
         except (TypeError, ValueError):
             return None
+
+
+def without_nul(text: str) -> str:
+    """Devices sometimes pad or terminate strings with NUL; PostgreSQL text cannot hold it, and it
+    carries no meaning in an index (the stored object keeps the original bytes)."""
+    return text.replace("\x00", "") if "\x00" in text else text
 
 
 @cache
