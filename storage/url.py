@@ -46,7 +46,7 @@ def _open_s3(url: str, staging_dir: Path | None) -> S3Store:
         )
     if parts.username is None or parts.password is None:
         raise StoreURLError(f"S3 URL {redact(url)!r} needs credentials: s3://ACCESS:SECRET@HOST:PORT/BUCKET")
-    query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
+    query = {k: v[-1] for k, v in parse_qs(parts.query, keep_blank_values=True).items()}
     unknown = set(query) - {"secure", "region"}
     if unknown:
         raise StoreURLError(f"S3 URL has unknown parameters: {', '.join(sorted(unknown))}")
@@ -54,15 +54,18 @@ def _open_s3(url: str, staging_dir: Path | None) -> S3Store:
     if secure_text not in _TRUE | _FALSE:
         raise StoreURLError(f"S3 URL parameter secure={secure_text!r} is not a boolean")
     endpoint = parts.hostname if parts.port is None else f"{parts.hostname}:{parts.port}"
-    return S3Store(
-        endpoint,
-        unquote(parts.username),
-        unquote(parts.password),
-        bucket,
-        secure=secure_text in _TRUE,
-        region=query.get("region"),
-        staging_dir=staging_dir,
-    )
+    try:
+        return S3Store(
+            endpoint,
+            unquote(parts.username),
+            unquote(parts.password),
+            bucket,
+            secure=secure_text in _TRUE,
+            region=query.get("region"),
+            staging_dir=staging_dir,
+        )
+    except ValueError as exc:  # the minio SDK's verdict on a bucket name or endpoint
+        raise StoreURLError(f"S3 URL {redact(url)!r}: {exc}") from exc
 
 
 def redact(url: str) -> str:

@@ -115,11 +115,13 @@ class IndexRepository:
             try:
                 with write_transaction(self.engine) as conn:
                     return self._record(conn, new)
-            except IntegrityError:
+            except IntegrityError as exc:
                 # Another transaction inserted the same row between our check and our insert;
                 # the retry sees it.
                 if attempt == _RACE_RETRIES - 1:
-                    raise
+                    raise ResourceUnavailable(
+                        f"index refused recording {new.sop_instance_uid}: {exc.orig}"
+                    ) from exc
                 log.debug("retrying index write for %s after a concurrent insert", new.sop_instance_uid)
             except OperationalError as exc:
                 raise ResourceUnavailable(
