@@ -1,0 +1,82 @@
+"""Migrations and models describe the same schema, on both databases.
+
+``pacs.index.schema`` is what the code queries; the Alembic migrations are what a real database
+gets. A column added to ``attributes.csv`` without a migration would pass every test that builds
+tables from the models and fail on the first production upgrade; this comparison catches it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy import Engine, inspect, text
+
+from pacs.index import migrate
+from pacs.index.database import create_index_engine
+from pacs.index.schema import metadata
+
+DATABASES = ["sqlite", "postgresql"]
+
+
+@pytest.fixture(params=DATABASES)
+def empty_engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
+    """An engine on a database with no tables at all."""
+    if request.param == "sqlite":
+        engine = create_index_engine(f"sqlite:///{tmp_path / 'index.sqlite'}")
+        yield engine
+        engine.dispose()
+    else:
+        postgres = request.getfixturevalue("postgres")
+        url = postgres.fresh(migrated=False)
+        engine = create_index_engine(url)
+        yield engine
+        engine.dispose()
+        postgres.drop(url)
+
+
+def differences(engine: Engine) -> list[Any]:
+    with engine.connect() as conn:
+        context = MigrationContext.configure(
+            conn, opts={"compare_type": True, "compare_server_default": True}
+        )
+        return list(compare_metadata(context, metadata))
+
+
+def table_names(engine: Engine) -> set[str]:
+    return set(inspect(engine).get_table_names())
+
+
+def test_upgrade_of_an_empty_database_matches_the_models(empty_engine: Engine) -> None:
+    assert table_names(empty_engine) == set()
+    assert migrate.current_revision(empty_engine) is None
+
+    migrate.upgrade(empty_engine)
+
+    assert set(metadata.tables) <= table_names(empty_engine)
+    assert differences(empty_engine) == []
+
+
+def test_upgrade_reaches_the_head_revision(empty_engine: Engine) -> None:
+    head = migrate.head_revision()
+    assert head is not None
+    migrate.upgrade(empty_engine)
+    assert migrate.current_revision(empty_engine) == head
+
+
+def test_upgrade_twice_is_a_no_op(empty_engine: Engine) -> None:
+    migrate.upgrade(empty_engine)
+    with empty_engine.begin() as conn:
+        conn.execute(text("INSERT INTO component (part_id, created_at) VALUES ('PART-1', CURRENT_TIMESTAMP)"))
+    migrate.upgrade(empty_engine)
+
+    assert migrate.current_revision(empty_engine) == migrate.head_revision()
+    assert differences(empty_engine) == []
+    with empty_engine.connect() as conn:
+        assert conn.execute(text("SELECT part_id FROM component")).scalars().all() == ["PART-1"]
+        versions = conn.execute(text("SELECT version_num FROM alembic_version")).scalars().all()
+    assert versions == [migrate.head_revision()]
