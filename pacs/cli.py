@@ -211,7 +211,11 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
         )
 
     supervisor = Supervisor(
-        settings.worker_count, worker_main, announce, stop_timeout=settings.shutdown_grace + 10
+        settings.worker_count,
+        worker_main,
+        announce,
+        stop_timeout=settings.shutdown_grace + 10,
+        on_worker_exit=lambda index: AssociationLimiter.reset(association_slots, index - 1),
     )
     code = supervisor.run()
     dicom_socket.close()

@@ -20,6 +20,8 @@ from typing import Any
 import httpx
 import pydicom
 import pytest
+from pynetdicom import AE
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from tests.support.factories import diconde_dx, large_multiframe_file, write
 from tests.support.serve import (
@@ -343,3 +345,31 @@ def test_a_killed_worker_is_restarted_and_the_server_keeps_storing(tmp_path: Pat
     assert server.returncode == 0, server.log()
     assert "worker 1 exited unexpectedly" in server.log()
     assert table_counts(data / "index.sqlite")["instance"] == 2
+
+
+def test_a_killed_worker_gives_back_its_associations(tmp_path: Path) -> None:
+    """The association limit is shared by all workers; a worker that dies with associations open
+    must not keep counting them, or the archive would refuse peers until restarted."""
+    with PacsServer(["--data-dir", tmp_path / "archive", "--max-associations", "1"], workers=1) as server:
+        ae = AE("PROBE")
+        ae.add_requested_context(Verification)
+        held = ae.associate(server.host, server.dicom_port, ae_title=server.ae_title)
+        assert held.is_established
+        refused = ae.associate(server.host, server.dicom_port, ae_title=server.ae_title)
+        assert refused.is_rejected, "the limit of one association is not enforced"
+
+        (victim,) = server.worker_pids()
+        os.kill(victim, signal.SIGKILL)
+        held.abort()
+        wait_until(
+            lambda: len(server.worker_pids()) == 1 and server.worker_pids() != [victim],
+            timeout=30,
+            what="the supervisor to start a new worker",
+        )
+        # The listening socket stays open in the supervisor: this waits in its backlog until the
+        # replacement accepts it.
+        ae.acse_timeout = 60
+        after = ae.associate(server.host, server.dicom_port, ae_title=server.ae_title)
+        assert after.is_established, "the dead worker's association still counts"
+        after.release()
+    assert server.returncode == 0, server.log()
