@@ -25,6 +25,7 @@ from dicom_nodes import negotiation
 from dicom_nodes.policy import AssociationLimiter, AssociationPolicy
 from dicom_nodes.spool import Spooler
 from dicom_nodes.store import handle_store
+from dicom_nodes.transport import RequestHandler
 from pacs.config import Settings, split_peer
 from pacs.diconde.encodings import STORED_TRANSFER_SYNTAXES
 from pacs.services.ingest import IngestService
@@ -47,7 +48,14 @@ class SharedSocketServer(ThreadedAssociationServer):
 
     def __init__(self, ae: AE, listening: socket.socket, contexts: list[Any], handlers: list[Any]) -> None:
         self._listening = listening
-        super().__init__(ae, listening.getsockname(), ae.ae_title, contexts, evt_handlers=handlers)
+        super().__init__(
+            ae,
+            listening.getsockname(),
+            ae.ae_title,
+            contexts,
+            evt_handlers=handlers,
+            request_handler=RequestHandler,
+        )
 
     def server_bind(self) -> None:
         if self.socket is not None:

@@ -43,6 +43,7 @@ class Archive:
         return f"index {redact_url(str(self.settings.database_url))}, objects {self.store.location}"
 
     def close(self) -> None:
+        self.ingest.close()
         self.store.close()
         self.engine.dispose()
 

@@ -102,7 +102,11 @@ class IndexRepository:
                 instance_version.c.dataset_sha256 == bindparam("sha256"),
             )
         )
-        self._insert_instance = instance.insert().returning(instance.c.id)
+        self._insert_new_instance = (
+            insert(instance)
+            .on_conflict_do_nothing(index_elements=["sop_instance_uid"])
+            .returning(instance.c.id)
+        )
         self._insert_version = instance_version.insert().returning(instance_version.c.id)
         self._update_instance = instance.update().where(instance.c.id == bindparam("_instance_id"))
 
@@ -135,28 +139,34 @@ class IndexRepository:
 
     def _record(self, conn: Connection, new: NewVersion) -> Recorded:
         now = new.received_at
-        component_id = self._get_or_create(conn, component, "part_id", {**new.component, "created_at": now})
-        inspection_id = self._get_or_create(
-            conn,
-            inspection,
-            "study_instance_uid",
-            {**new.inspection, "component_id": component_id, "created_at": now},
-        )
-        series_id = self._get_or_create(
-            conn,
-            series,
-            "series_instance_uid",
-            {**new.series, "inspection_id": inspection_id, "created_at": now},
-        )
+        # Usually the series is known: one lookup replaces the component/inspection/series chain.
+        # A series keeps the inspection and component it first arrived with.
+        series_id = self._find_existing(conn, series, new.series["series_instance_uid"])
+        if series_id is None:
+            component_id = self._get_or_create(
+                conn, component, "part_id", {**new.component, "created_at": now}
+            )
+            inspection_id = self._get_or_create(
+                conn,
+                inspection,
+                "study_instance_uid",
+                {**new.inspection, "component_id": component_id, "created_at": now},
+            )
+            series_id = self._get_or_create(
+                conn,
+                series,
+                "series_instance_uid",
+                {**new.series, "inspection_id": inspection_id, "created_at": now},
+            )
         instance_values = {**new.instance, "series_id": series_id}
-        existing = conn.execute(self._find_instance, {"uid": new.sop_instance_uid}).first()
-        if existing is None:
-            instance_id = conn.execute(
-                self._insert_instance, {**instance_values, "created_at": now, "updated_at": now}
-            ).scalar_one()
+        inserted = conn.execute(
+            self._insert_new_instance, {**instance_values, "created_at": now, "updated_at": now}
+        ).first()
+        if inserted is not None:
+            instance_id = int(inserted.id)
             outcome = Outcome.STORED
         else:
-            instance_id = existing.id
+            instance_id = int(conn.execute(self._find_instance, {"uid": new.sop_instance_uid}).scalar_one())
             same = conn.execute(
                 self._find_same_bytes, {"instance_id": instance_id, "sha256": new.dataset_sha256}
             ).first()
@@ -195,6 +205,10 @@ class IndexRepository:
             },
         )
         return Recorded(outcome, instance_id, version_id)
+
+    def _find_existing(self, conn: Connection, table: Table, key_value: Any) -> int | None:
+        row = conn.execute(self._find_id[table.name], {"key": key_value}).first()
+        return None if row is None else int(row.id)
 
     def _get_or_create(self, conn: Connection, table: Table, key: str, values: Mapping[str, Any]) -> int:
         """The id of the row whose ``key`` equals ``values[key]``, inserting ``values`` if none.

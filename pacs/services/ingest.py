@@ -17,9 +17,11 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import threading
 import time
 import uuid
 from collections.abc import Callable
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -61,8 +63,15 @@ class IngestResult:
     version_id: int
 
 
-def new_object_key() -> str:
-    return uuid.uuid4().hex
+def new_object_key(now: float | None = None) -> str:
+    """A new object key: 32 hex digits, random but for the first two, which count days.
+
+    Stores fan objects out into folders by the key's first characters; with purely random keys a
+    young archive creates (and fsyncs) a new folder for most objects. The day counter keeps a
+    day's objects within 256 folders, reused every 256 days. 120 random bits keep keys unique.
+    """
+    day = int((time.time() if now is None else now) // 86400) % 256
+    return f"{day:02x}{uuid.uuid4().hex[2:]}"
 
 
 class Incoming:
@@ -74,9 +83,13 @@ class Incoming:
     network peer can be answered with a status instead of a dropped association.
     """
 
-    def __init__(self, writer: ObjectWriter) -> None:
+    def __init__(self, writer: ObjectWriter, hashing: Executor | None = None) -> None:
         self._writer = writer
         self._hasher = Part10Hasher()
+        # With a single-thread executor the hash runs beside the receiving thread (SHA-256 releases
+        # the GIL), in the order the bytes came; digests() waits for the last chunk.
+        self._hashing = hashing
+        self._hashed: Future[None] | None = None
         self.error: StorageError | None = None
 
     @property
@@ -90,6 +103,8 @@ class Incoming:
 
     @property
     def size(self) -> int:
+        if self._hashed is not None:
+            self._hashed.result()
         return self._hasher.size
 
     def write(self, data: bytes | bytearray | memoryview) -> int:
@@ -99,10 +114,16 @@ class Incoming:
             except StorageError as exc:
                 self.error = exc
                 self._writer.abort()
-        self._hasher.update(data)
+        if self._hashing is None:
+            self._hasher.update(data)
+        else:
+            chunk = data if isinstance(data, bytes) else bytes(data)  # must not change while queued
+            self._hashed = self._hashing.submit(self._hasher.update, chunk)
         return len(data)
 
     def digests(self) -> Digests | None:
+        if self._hashed is not None:
+            self._hashed.result()
         return self._hasher.digests()
 
     def commit(self) -> str:
@@ -127,13 +148,24 @@ class IngestService:
         self.store = store
         self._new_key = new_key
         self._clock = clock
+        self._hashing: ThreadPoolExecutor | None = None
+        self._hashing_lock = threading.Lock()
 
     def receive(self) -> Incoming:
-        """Start receiving a new object into the store."""
+        """Start receiving a new object into the store; it is hashed on a thread of its own."""
+        with self._hashing_lock:
+            if self._hashing is None:
+                self._hashing = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sha256")
         try:
-            return Incoming(self.store.create(self._new_key()))
+            return Incoming(self.store.create(self._new_key()), self._hashing)
         except StorageError as exc:
             raise ResourceUnavailable(f"cannot start storing an object: {exc}") from exc
+
+    def close(self) -> None:
+        with self._hashing_lock:
+            if self._hashing is not None:
+                self._hashing.shutdown()
+                self._hashing = None
 
     def ingest_incoming(
         self, incoming: Incoming, ctx: CallerContext, expected: Expected | None = None
@@ -143,7 +175,9 @@ class IngestService:
         try:
             if incoming.error is not None:
                 raise ResourceUnavailable(f"{name}: cannot store object: {incoming.error}")
-            return self._ingest(incoming.path, incoming.digests(), incoming.commit, ctx, expected, name)
+            return self._ingest(
+                incoming.path, incoming.digests(), incoming.commit, ctx, expected, name, check_first=False
+            )
         finally:
             incoming.abort()  # nothing happens once committed
 
@@ -159,7 +193,7 @@ class IngestService:
             self.store.put_file(key, path)
             return key
 
-        return self._ingest(path, None, put, ctx, expected, str(path))
+        return self._ingest(path, None, put, ctx, expected, str(path), check_first=True)
 
     def _ingest(
         self,
@@ -169,7 +203,12 @@ class IngestService:
         ctx: CallerContext,
         expected: Expected | None,
         name: str,
+        *,
+        check_first: bool,
     ) -> IngestResult:
+        """``check_first``: look for an identical version before ``put`` (worth a query when put
+        copies a file; an incoming object is already written, so the index transaction alone
+        tells a duplicate, which is then discarded)."""
         started = time.perf_counter()
         try:
             with open(path, "rb") as f:
@@ -181,12 +220,13 @@ class IngestService:
             raise InvalidObject(f"{name}: file not found") from None
         _check(parsed, expected, name)
         uid = parsed.sop_instance_uid
-        known = self.index.find_version(uid, digests.dataset_sha256)
-        if known is not None:  # an identical re-send: nothing to store
-            log.info("%s: %s from %s", Outcome.DUPLICATE.value, uid, ctx.describe())
-            return IngestResult(
-                Outcome.DUPLICATE, uid, _part_id(parsed), digests.dataset_sha256, digests.size, known
-            )
+        if check_first:
+            known = self.index.find_version(uid, digests.dataset_sha256)
+            if known is not None:  # an identical re-send: nothing to store
+                log.info("%s: %s from %s", Outcome.DUPLICATE.value, uid, ctx.describe())
+                return IngestResult(
+                    Outcome.DUPLICATE, uid, _part_id(parsed), digests.dataset_sha256, digests.size, known
+                )
         try:
             key = put()
         except (StorageError, OSError) as exc:
@@ -196,7 +236,7 @@ class IngestService:
         except BaseException:
             self._discard(key, uid)
             raise
-        if recorded.outcome is Outcome.DUPLICATE:  # an identical copy won a race with us
+        if recorded.outcome is Outcome.DUPLICATE:  # already kept (a re-send, or a copy won a race)
             self._discard(key, uid)
         log.info(
             "%s: %s (part %r, %s, %.1f MB) from %s in %.1f ms",

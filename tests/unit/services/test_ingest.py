@@ -350,3 +350,16 @@ def test_a_duplicate_received_object_is_discarded(archive: Archive, dx_file: Pat
     assert object_keys(archive) == keys
     assert incoming.key not in keys
     assert not incoming.path.exists()
+
+
+def test_object_keys_are_unique_and_share_a_prefix_within_a_day() -> None:
+    """Keys group a day's objects in few store folders (no folder creation per object in a
+    young archive) and stay unique."""
+    from pacs.services.ingest import new_object_key
+
+    noon = 20_000 * 86400 + 43200.0
+    keys = {new_object_key(noon) for _ in range(10_000)}
+    assert len(keys) == 10_000
+    assert all(len(k) == 32 and int(k, 16) >= 0 for k in keys)
+    assert {k[:2] for k in keys} == {f"{20_000 % 256:02x}"}
+    assert new_object_key(noon + 86400)[:2] == f"{20_001 % 256:02x}"
