@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Iterator
+from concurrent.futures import Executor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Protocol, runtime_checkable
@@ -70,8 +71,12 @@ class ObjectStore(Protocol):
         """Store a copy of the file at ``path`` under ``key``; durable when this returns."""
         ...
 
-    def create(self, key: str) -> ObjectWriter:
-        """Start writing a new object under ``key`` (:class:`ObjectExists` if the key is taken)."""
+    def create(self, key: str, *, background: Executor | None = None) -> ObjectWriter:
+        """Start writing a new object under ``key`` (:class:`ObjectExists` if the key is taken).
+
+        ``background``: where the store may do work of its own while the caller writes (making the
+        new name durable, say); :meth:`ObjectWriter.commit` waits for that work.
+        """
         ...
 
     def open(self, key: str) -> BinaryIO:

@@ -29,6 +29,7 @@ import shutil
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from concurrent.futures import Executor, Future
 from functools import cache
 from pathlib import Path
 from typing import BinaryIO
@@ -73,7 +74,7 @@ def _sync_file_range() -> Callable[[int, int, int], None] | None:
 class FileObjectWriter:
     """A new object written in place under its final name (see the module docstring)."""
 
-    def __init__(self, key: str, path: Path) -> None:
+    def __init__(self, key: str, path: Path, background: Executor | None = None) -> None:
         self.key = key
         self.path = path
         try:
@@ -86,11 +87,17 @@ class FileObjectWriter:
         self._flushed = 0
         self._committed = False
         self._writeback = _sync_file_range()
-        try:
-            fsync_path(path.parent)  # the name is durable before the data arrives
-        except OSError as exc:
-            self.abort()
-            raise StorageError(f"cannot create object {key!r}: {exc}") from exc
+        # The name is made durable while the data arrives: on the background executor if there is
+        # one (the writer's caller keeps receiving meanwhile), else now; commit() waits for it.
+        self._named: Future[None] | None = None
+        if background is not None:
+            self._named = background.submit(fsync_path, path.parent)
+        else:
+            try:
+                fsync_path(path.parent)
+            except OSError as exc:
+                self.abort()
+                raise StorageError(f"cannot create object {key!r}: {exc}") from exc
 
     def write(self, data: bytes | bytearray | memoryview) -> int:
         fd = self._fd  # abort() from another thread may close it; then os.write fails cleanly
@@ -114,6 +121,8 @@ class FileObjectWriter:
             raise StorageError(f"object {self.key!r} was already committed or aborted")
         try:
             os.fdatasync(self._fd)
+            if self._named is not None:
+                self._named.result()
         except OSError as exc:
             raise StorageError(f"cannot make object {self.key!r} durable: {exc}") from exc
         finally:
@@ -163,13 +172,13 @@ class FilesystemStore:
                 fsync_path(folder.parent)
 
     # -- writing -----------------------------------------------------------------------------
-    def create(self, key: str) -> FileObjectWriter:
+    def create(self, key: str, *, background: Executor | None = None) -> FileObjectWriter:
         path = self.path_for(key)
         try:
             self._make_parent(path)
         except OSError as exc:
             raise StorageError(f"cannot create object {key!r}: {exc}") from exc
-        return FileObjectWriter(key, path)
+        return FileObjectWriter(key, path, background)
 
     def put_file(self, key: str, path: Path) -> None:
         final = self.path_for(key)

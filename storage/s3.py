@@ -14,6 +14,7 @@ import os
 import tempfile
 import time
 from collections.abc import Iterator
+from concurrent.futures import Executor
 from pathlib import Path
 from typing import Any, BinaryIO, cast
 
@@ -130,7 +131,7 @@ class S3Store:
             except (MinioException, urllib3.exceptions.HTTPError, OSError) as exc:
                 raise StorageError(f"cannot reach S3 endpoint {endpoint}: {exc}") from exc
 
-    def create(self, key: str) -> S3ObjectWriter:
+    def create(self, key: str, *, background: Executor | None = None) -> S3ObjectWriter:
         if self._exists(key):
             raise ObjectExists(key)
         return S3ObjectWriter(self, key, self.staging_dir)

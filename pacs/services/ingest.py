@@ -152,12 +152,13 @@ class IngestService:
         self._hashing_lock = threading.Lock()
 
     def receive(self) -> Incoming:
-        """Start receiving a new object into the store; it is hashed on a thread of its own."""
+        """Start receiving a new object into the store. It is hashed on a thread of its own, which
+        the store may also use for work of its own (a filesystem store fsyncs the new name there)."""
         with self._hashing_lock:
             if self._hashing is None:
                 self._hashing = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sha256")
         try:
-            return Incoming(self.store.create(self._new_key()), self._hashing)
+            return Incoming(self.store.create(self._new_key(), background=self._hashing), self._hashing)
         except StorageError as exc:
             raise ResourceUnavailable(f"cannot start storing an object: {exc}") from exc
 

@@ -13,6 +13,7 @@ import os
 import time
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -109,16 +110,22 @@ def test_put_file_of_a_missing_source_raises_and_stores_nothing(store: ObjectSto
 
 
 # -- writers ---------------------------------------------------------------------------------
-def test_writer_commit_produces_the_object(store: ObjectStore) -> None:
+@pytest.mark.parametrize("background", [False, True], ids=["inline", "background-executor"])
+def test_writer_commit_produces_the_object(store: ObjectStore, background: bool) -> None:
+    """With a background executor the store may make the object's name durable there; commit still
+    returns only when everything is done."""
     chunks = [os.urandom(n) for n in (1, 4096, 70_000, 3)]
     key = new_key()
-    writer = store.create(key)
+    executor = ThreadPoolExecutor(max_workers=1) if background else None
+    writer = store.create(key, background=executor)
     assert writer.key == key
     for chunk in chunks:
         assert writer.write(chunk) == len(chunk)
     # The bytes written so far are readable in the local file before the commit.
     assert writer.path.read_bytes() == b"".join(chunks)
     writer.commit()
+    if executor is not None:
+        executor.shutdown()
 
     assert store.stat(key).size == sum(map(len, chunks))
     assert read_all(store, key) == b"".join(chunks)
