@@ -13,22 +13,19 @@ import socket
 import socketserver
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from pynetdicom import AE, evt
-from pynetdicom.presentation import AllStoragePresentationContexts
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import ThreadedAssociationServer
 
-from dicom_nodes import negotiation
+from dicom_nodes import negotiation, store
 from dicom_nodes.policy import AssociationLimiter, AssociationPolicy
 from dicom_nodes.spool import Spooler
-from dicom_nodes.store import handle_store
 from dicom_nodes.transport import RequestHandler
+from pacs.archive import Archive
 from pacs.config import Settings, split_peer
-from pacs.diconde.encodings import STORED_TRANSFER_SYNTAXES
-from pacs.services.ingest import IngestService
 
 log = logging.getLogger(__name__)
 
@@ -36,11 +33,7 @@ log = logging.getLogger(__name__)
 IMPLEMENTATION_CLASS_UID = "2.25.160544309812356467651339735329302712049"
 IMPLEMENTATION_VERSION_NAME = "NDT_ARCHIVE_01"
 UNCOMPRESSED = ("1.2.840.10008.1.2.1", "1.2.840.10008.1.2", "1.2.840.10008.1.2.2")
-
-
-def storage_sop_classes() -> list[str]:
-    """Every storage SOP class pynetdicom knows (DX, CR, CT, Enhanced CT, US, SC, Raw Data, PDF, ...)."""
-    return [str(cx.abstract_syntax) for cx in AllStoragePresentationContexts]
+storage_sop_classes = store.storage_sop_classes  # re-exported: docs and tests list them from here
 
 
 class SharedSocketServer(ThreadedAssociationServer):
@@ -72,16 +65,53 @@ class SharedSocketServer(ThreadedAssociationServer):
             self.socket.close()
 
 
+class Registry:
+    """What the DIMSE service modules add to a node: presentation contexts and event handlers.
+
+    Each service module (``store``, and the query/retrieve ones) has a ``register(registry)``
+    function; the node calls those of :data:`SERVICES`.
+    """
+
+    def __init__(self, ae: AE, archive: Archive, settings: Settings, spooler: Spooler) -> None:
+        self.ae = ae
+        self.archive = archive
+        self.settings = settings
+        self.spooler = spooler
+        self.handlers: list[Any] = []
+
+    def add_context(
+        self,
+        abstract_syntax: str,
+        transfer_syntaxes: Sequence[str],
+        scu_role: bool | None = None,
+        scp_role: bool | None = None,
+    ) -> None:
+        self.ae.add_supported_context(abstract_syntax, list(transfer_syntaxes), scu_role, scp_role)
+
+    def bind(self, event: Any, handler: Callable[..., Any], args: Sequence[Any] | None = None) -> None:
+        self.handlers.append((event, handler, list(args)) if args is not None else (event, handler))
+
+
+def _register_verification(registry: Registry) -> None:
+    """C-ECHO (PS3.4 A.4): pynetdicom answers Success by default."""
+    registry.add_context(Verification, UNCOMPRESSED)
+
+
+ServiceModule = Callable[[Registry], None]
+SERVICES: tuple[ServiceModule, ...] = (_register_verification, store.register)
+
+
 class DicomNode:
     """One process's share of the archive's DIMSE face."""
 
     def __init__(
         self,
         settings: Settings,
-        ingest: IngestService,
+        archive: Archive,
         listening: socket.socket,
         limiter: AssociationLimiter,
         spooler: Spooler,
+        services: Sequence[ServiceModule] = SERVICES,
     ) -> None:
         self.settings = settings
         self.spooler = spooler
@@ -94,15 +124,15 @@ class DicomNode:
         ae.dimse_timeout = settings.dimse_timeout
         ae.network_timeout = settings.network_timeout
         ae.maximum_associations = settings.max_associations  # the shared limiter is the real bound
-        for uid in storage_sop_classes():
-            ae.add_supported_context(uid, list(STORED_TRANSFER_SYNTAXES))
-        ae.add_supported_context(Verification, list(UNCOMPRESSED))
         self.ae = ae
+        registry = Registry(ae, archive, settings, spooler)
+        for register in services:
+            register(registry)
         policy = AssociationPolicy((split_peer(p) for p in settings.allowed_peers), limiter)
         handlers = [
             *policy.handlers(),
             (evt.EVT_CONN_CLOSE, spooler.on_connection_closed),
-            (evt.EVT_C_STORE, handle_store, [ingest, spooler]),
+            *registry.handlers,
         ]
         self.server = SharedSocketServer(ae, listening, ae.supported_contexts, handlers)
         ae._servers.append(self.server)

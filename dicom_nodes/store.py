@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 import logging
-from typing import cast
+from typing import TYPE_CHECKING, cast
 
 from pydicom.dataset import Dataset
+from pynetdicom import evt
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.events import Event
+from pynetdicom.presentation import AllStoragePresentationContexts
 
 from dicom_nodes.spool import Spooler
+
+if TYPE_CHECKING:
+    from dicom_nodes.server import Registry
 from pacs.context import CallerContext
+from pacs.diconde.encodings import STORED_TRANSFER_SYNTAXES
 from pacs.errors import InvalidObject, ObjectMismatch, ResourceUnavailable
 from pacs.services.ingest import Expected, IngestService
 
@@ -22,6 +28,18 @@ OUT_OF_RESOURCES = 0xA700
 DATA_SET_DOES_NOT_MATCH_SOP_CLASS = 0xA900
 CANNOT_UNDERSTAND = 0xC000
 PROCESSING_FAILURE = 0x0110  # PS3.7 C.4: a general failure for errors of our own
+
+
+def register(registry: Registry) -> None:
+    """Storage SCP for every storage SOP class, in every transfer syntax the archive keeps."""
+    for uid in storage_sop_classes():
+        registry.add_context(uid, STORED_TRANSFER_SYNTAXES)
+    registry.bind(evt.EVT_C_STORE, handle_store, [registry.archive.ingest, registry.spooler])
+
+
+def storage_sop_classes() -> list[str]:
+    """Every storage SOP class pynetdicom knows (DX, CR, CT, Enhanced CT, US, SC, Raw Data, PDF, ...)."""
+    return [str(cx.abstract_syntax) for cx in AllStoragePresentationContexts]
 
 
 def handle_store(event: Event, ingest: IngestService, spooler: Spooler) -> Dataset:

@@ -163,7 +163,7 @@ def start_dicom_node(archive: Archive, settings: Settings | None = None) -> Runn
     slots = multiprocessing.get_context("fork").Array("i", 1)
     node = DicomNode(
         settings,
-        archive.ingest,
+        archive,
         listening,
         AssociationLimiter(settings.max_associations, slots),
         Spooler(archive.ingest.receive, settings.incoming_dir),

@@ -67,7 +67,7 @@ def node(archive: Archive, spooler: RecordingSpooler) -> Iterator[DicomNode]:
     slots = multiprocessing.get_context("fork").Array("i", 1)
     node = DicomNode(
         settings,
-        archive.ingest,
+        archive,
         socket.create_server(("127.0.0.1", 0)),
         AssociationLimiter(settings.max_associations, slots),
         spooler,
