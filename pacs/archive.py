@@ -16,6 +16,7 @@ from pacs.config import Settings
 from pacs.errors import ResourceUnavailable
 from pacs.index import migrate
 from pacs.index.database import create_index_engine, redact_url
+from pacs.index.nodes import NodeRepository
 from pacs.index.repository import IndexRepository
 from pacs.services.fsck import FsckService
 from pacs.services.importer import ImportService
@@ -32,6 +33,7 @@ class Archive:
     store: ObjectStore
     ingest: IngestService
     retrieve: RetrieveService
+    nodes: NodeRepository
 
     def importer(self) -> ImportService:
         return ImportService(self.ingest)
@@ -75,6 +77,7 @@ def open_archive(settings: Settings, *, upgrade_schema: bool = True) -> Archive:
         store=store,
         ingest=IngestService(index, store),
         retrieve=RetrieveService(index, store),
+        nodes=NodeRepository(engine),
     )
 
 

@@ -123,6 +123,22 @@ def _parser() -> argparse.ArgumentParser:
     imp.add_argument("--jobs", type=int, default=4, help="files processed in parallel (4)")
     imp.set_defaults(run=_import)
 
+    nodes = commands.add_parser("nodes", help="DICOM nodes the archive sends to (C-MOVE destinations, peers)")
+    node_commands = nodes.add_subparsers(dest="nodes_command", metavar="ACTION", required=True)
+    node_add = node_commands.add_parser("add", parents=[common], help="register a node")
+    node_add.add_argument("node_ae_title", metavar="AE_TITLE")
+    node_add.add_argument("node_host", metavar="HOST")
+    node_add.add_argument("node_port", metavar="PORT", type=int)
+    node_add.add_argument("--tls", action="store_true", help="associate over TLS")
+    node_add.add_argument("--description", help="what the node is (free text)")
+    node_add.add_argument("--replace", action="store_true", help="replace a node with this AE title")
+    node_add.set_defaults(run=_nodes_add)
+    node_list = node_commands.add_parser("list", parents=[common], help="list registered nodes")
+    node_list.set_defaults(run=_nodes_list)
+    node_remove = node_commands.add_parser("remove", parents=[common], help="remove a node")
+    node_remove.add_argument("node_ae_title", metavar="AE_TITLE")
+    node_remove.set_defaults(run=_nodes_remove)
+
     config = commands.add_parser("config", parents=[common], help="print the effective configuration")
     config.set_defaults(run=_show_config)
     return parser
@@ -153,6 +169,7 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
     from pacs.supervisor import Supervisor
 
     archive = open_archive(settings)  # applies migrations once, before any worker starts
+    register_configured_nodes(archive)
     description = archive.describe()
     stale = archive.store.sweep_staging(older_than=3600)
     if stale:
@@ -172,7 +189,7 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
         worker_archive = open_archive(settings, upgrade_schema=False)
         node = DicomNode(
             settings,
-            worker_archive.ingest,
+            worker_archive,
             dicom_socket,
             AssociationLimiter(settings.max_associations, association_slots, index - 1),
             Spooler(worker_archive.ingest.receive, settings.incoming_dir),
@@ -326,6 +343,61 @@ def _import(settings: Settings, args: argparse.Namespace) -> int:
 def _without_path(reason: str, path: Path) -> str:
     prefix = f"{path}: "
     return reason[len(prefix) :] if reason.startswith(prefix) else reason
+
+
+# -- nodes ------------------------------------------------------------------------------------------
+def _nodes_add(settings: Settings, args: argparse.Namespace) -> int:
+    from pacs.config import validate_ae_title
+    from pacs.index.nodes import Node
+
+    try:
+        title = validate_ae_title(args.node_ae_title, "AE_TITLE")
+    except ValueError as exc:
+        print(f"pacs nodes add: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    if not 1 <= args.node_port <= 65535:
+        print(f"pacs nodes add: PORT {args.node_port} is not between 1 and 65535", file=sys.stderr)
+        return EXIT_USAGE
+    node = Node(title, args.node_host, args.node_port, args.tls, args.description)
+    archive = open_archive(settings)
+    try:
+        archive.nodes.add(node, replace=args.replace)
+    finally:
+        archive.close()
+    print(f"registered {node.describe()}")
+    return EXIT_OK
+
+
+def _nodes_list(settings: Settings, args: argparse.Namespace) -> int:
+    archive = open_archive(settings, upgrade_schema=False)
+    try:
+        nodes = archive.nodes.all()
+    finally:
+        archive.close()
+    for node in nodes:
+        tls = "  TLS" if node.tls else ""
+        print(f"{node.ae_title:16} {node.host}:{node.port}{tls}  {node.description or ''}".rstrip())
+    if not nodes:
+        print("no nodes registered (pacs nodes add AE_TITLE HOST PORT)", file=sys.stderr)
+    return EXIT_OK
+
+
+def _nodes_remove(settings: Settings, args: argparse.Namespace) -> int:
+    archive = open_archive(settings, upgrade_schema=False)
+    try:
+        archive.nodes.remove(args.node_ae_title)
+    finally:
+        archive.close()
+    print(f"removed {args.node_ae_title}")
+    return EXIT_OK
+
+
+def register_configured_nodes(archive: Archive) -> None:
+    """Nodes of the configuration file are registered (replacing same-titled ones) at start."""
+    from pacs.index.nodes import Node
+
+    for spec in archive.settings.nodes:
+        archive.nodes.add(Node(spec.ae_title, spec.host, spec.port, spec.tls, spec.description), replace=True)
 
 
 # -- config -----------------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ import tomllib
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
 
 
@@ -25,6 +25,23 @@ def split_peer(entry: str) -> tuple[str, str | None]:
     """``AE`` or ``AE@host`` (an allowed calling AE title, optionally only from one host)."""
     title, _, host = entry.partition("@")
     return title.strip(), (host.strip() or None)
+
+
+class NodeSetting(BaseModel):
+    """A DICOM node in the configuration file (``[[nodes]]``); registered when ``pacs serve`` starts."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    ae_title: str
+    host: str
+    port: int = Field(ge=1, le=65535)
+    tls: bool = False
+    description: str | None = None
+
+    @field_validator("ae_title")
+    @classmethod
+    def _valid_ae_title(cls, value: str) -> str:
+        return validate_ae_title(value, "nodes.ae_title")
 
 
 class Settings(BaseSettings):
@@ -51,6 +68,9 @@ class Settings(BaseSettings):
         default_factory=list, description="calling AE titles (AE or AE@host) allowed; empty = any"
     )
     max_associations: int = Field(64, ge=1, description="concurrent associations, all workers together")
+    nodes: list[NodeSetting] = Field(
+        default_factory=list, description="DICOM nodes (C-MOVE destinations, peers) to register at start"
+    )
     max_pdu_size: int = Field(
         1 << 20, ge=0, description="largest PDU we accept; 0 = unlimited (larger PDUs mean less overhead)"
     )

@@ -66,6 +66,12 @@ def without_nul(text: str) -> str:
     return text.replace("\x00", "") if "\x00" in text else text
 
 
+def person_name_key(name: str | None) -> str | None:
+    """The form of a person name (PN) the index matches on: case-folded, so matching ignores case
+    (the archive's person name policy, docs/conformance.md). ``None`` stays ``None``."""
+    return None if name is None else name.casefold()
+
+
 @cache
 def indexed_attributes() -> dict[Level, tuple[IndexedAttribute, ...]]:
     text = resources.files(__package__).joinpath("attributes.csv").read_text(encoding="utf-8")

@@ -89,7 +89,38 @@ class IndexRepository:
             t.name: insert(t).on_conflict_do_nothing(index_elements=[key]).returning(t.c.id)
             for t, key in _NATURAL_KEYS
         }
-        self._find_instance = select(instance.c.id).where(instance.c.sop_instance_uid == bindparam("uid"))
+        self._find_instance = select(instance.c.id, instance.c.series_id).where(
+            instance.c.sop_instance_uid == bindparam("uid")
+        )
+        self._find_series_chain = (
+            select(series.c.id, series.c.inspection_id, inspection.c.component_id)
+            .join(inspection, inspection.c.id == series.c.inspection_id)
+            .where(series.c.series_instance_uid == bindparam("uid"))
+        )
+        self._series_parents = (
+            select(series.c.inspection_id, inspection.c.component_id)
+            .join(inspection, inspection.c.id == series.c.inspection_id)
+            .where(series.c.id == bindparam("id"))
+        )
+        self._inspection_component = select(inspection.c.component_id).where(
+            inspection.c.id == bindparam("id")
+        )
+        self._inspection_of = select(inspection.c.id, inspection.c.component_id).where(
+            inspection.c.study_instance_uid == bindparam("uid")
+        )
+        self._modalities = select(inspection.c.modalities_in_study).where(inspection.c.id == bindparam("id"))
+        self._set_modalities = inspection.update().where(inspection.c.id == bindparam("_id"))
+        self._add_to = {
+            f"{table.name}.{column}": table.update()
+            .where(table.c.id == bindparam("_id"))
+            .values({column: table.c[column] + bindparam("_delta")})
+            for table, columns in (
+                (component, ("number_of_studies", "number_of_series", "number_of_instances")),
+                (inspection, ("number_of_series", "number_of_instances")),
+                (series, ("number_of_instances",)),
+            )
+            for column in columns
+        }
         self._find_same_bytes = select(instance_version.c.id).where(
             instance_version.c.instance_id == bindparam("instance_id"),
             instance_version.c.dataset_sha256 == bindparam("sha256"),
@@ -141,23 +172,11 @@ class IndexRepository:
         now = new.received_at
         # Usually the series is known: one lookup replaces the component/inspection/series chain.
         # A series keeps the inspection and component it first arrived with.
-        series_id = self._find_existing(conn, series, new.series["series_instance_uid"])
-        if series_id is None:
-            component_id = self._get_or_create(
-                conn, component, "part_id", {**new.component, "created_at": now}
-            )
-            inspection_id = self._get_or_create(
-                conn,
-                inspection,
-                "study_instance_uid",
-                {**new.inspection, "component_id": component_id, "created_at": now},
-            )
-            series_id = self._get_or_create(
-                conn,
-                series,
-                "series_instance_uid",
-                {**new.series, "inspection_id": inspection_id, "created_at": now},
-            )
+        chain = conn.execute(self._find_series_chain, {"uid": new.series["series_instance_uid"]}).first()
+        if chain is not None:
+            series_id, inspection_id, component_id = int(chain[0]), int(chain[1]), int(chain[2])
+        else:
+            series_id, inspection_id, component_id = self._create_chain(conn, new, now)
         instance_values = {**new.instance, "series_id": series_id}
         inserted = conn.execute(
             self._insert_new_instance, {**instance_values, "created_at": now, "updated_at": now}
@@ -165,14 +184,20 @@ class IndexRepository:
         if inserted is not None:
             instance_id = int(inserted.id)
             outcome = Outcome.STORED
+            self._count_instances(conn, series_id, inspection_id, component_id, +1)
         else:
-            instance_id = int(conn.execute(self._find_instance, {"uid": new.sop_instance_uid}).scalar_one())
+            existing = conn.execute(self._find_instance, {"uid": new.sop_instance_uid}).one()
+            instance_id = int(existing.id)
             same = conn.execute(
                 self._find_same_bytes, {"instance_id": instance_id, "sha256": new.dataset_sha256}
             ).first()
             if same is not None:
                 return Recorded(Outcome.DUPLICATE, instance_id, same.id)
             outcome = Outcome.NEW_VERSION
+            if int(existing.series_id) != series_id:  # the new version belongs to another series
+                old = conn.execute(self._series_parents, {"id": existing.series_id}).one()
+                self._count_instances(conn, int(existing.series_id), int(old[0]), int(old[1]), -1)
+                self._count_instances(conn, series_id, inspection_id, component_id, +1)
 
         version_id = conn.execute(
             self._insert_version,
@@ -206,12 +231,68 @@ class IndexRepository:
         )
         return Recorded(outcome, instance_id, version_id)
 
-    def _find_existing(self, conn: Connection, table: Table, key_value: Any) -> int | None:
-        row = conn.execute(self._find_id[table.name], {"key": key_value}).first()
-        return None if row is None else int(row.id)
+    def _create_chain(self, conn: Connection, new: NewVersion, now: dt.datetime) -> tuple[int, int, int]:
+        """Series (and, if new too, inspection and component) of a series seen for the first time,
+        with their counts. An inspection keeps the component it first arrived with, a series the
+        inspection: an instance that names others is filed under what its study already is."""
+        known = conn.execute(self._inspection_of, {"uid": new.inspection["study_instance_uid"]}).first()
+        if known is not None:
+            inspection_id, component_id = int(known[0]), int(known[1])
+        else:
+            component_id, _ = self._get_or_create(
+                conn, component, "part_id", {**new.component, "created_at": now}
+            )
+            inspection_id, created = self._get_or_create(
+                conn,
+                inspection,
+                "study_instance_uid",
+                {**new.inspection, "component_id": component_id, "created_at": now},
+            )
+            if created:
+                conn.execute(self._add_to["component.number_of_studies"], {"_id": component_id, "_delta": 1})
+            else:  # a concurrent first arrival created it
+                component_id = int(
+                    conn.execute(self._inspection_component, {"id": inspection_id}).scalar_one()
+                )
+        series_id, created = self._get_or_create(
+            conn,
+            series,
+            "series_instance_uid",
+            {**new.series, "inspection_id": inspection_id, "created_at": now},
+        )
+        if not created:  # a concurrent first arrival created it
+            inspection_id, component_id = (
+                int(v) for v in conn.execute(self._series_parents, {"id": series_id}).one()
+            )
+            return series_id, inspection_id, component_id
+        conn.execute(self._add_to["inspection.number_of_series"], {"_id": inspection_id, "_delta": 1})
+        conn.execute(self._add_to["component.number_of_series"], {"_id": component_id, "_delta": 1})
+        modality = new.series.get("modality")
+        if modality:
+            current = conn.execute(self._modalities, {"id": inspection_id}).scalar_one()
+            found = set(current.split("\\")) if current else set()
+            if modality not in found:
+                conn.execute(
+                    self._set_modalities,
+                    {"_id": inspection_id, "modalities_in_study": "\\".join(sorted(found | {modality}))},
+                )
+        return series_id, inspection_id, component_id
 
-    def _get_or_create(self, conn: Connection, table: Table, key: str, values: Mapping[str, Any]) -> int:
-        """The id of the row whose ``key`` equals ``values[key]``, inserting ``values`` if none.
+    def _count_instances(
+        self, conn: Connection, series_id: int, inspection_id: int, component_id: int, delta: int
+    ) -> None:
+        for counter, row_id in (
+            ("series.number_of_instances", series_id),
+            ("inspection.number_of_instances", inspection_id),
+            ("component.number_of_instances", component_id),
+        ):
+            conn.execute(self._add_to[counter], {"_id": row_id, "_delta": delta})
+
+    def _get_or_create(
+        self, conn: Connection, table: Table, key: str, values: Mapping[str, Any]
+    ) -> tuple[int, bool]:
+        """The id of the row whose ``key`` equals ``values[key]``, inserting ``values`` if none; and
+        whether this call inserted it.
 
         The first arrival's attributes are kept: later instances of the same component, inspection
         or series do not rewrite them (their own values stay in their DICOM JSON).
@@ -219,12 +300,12 @@ class IndexRepository:
         find = self._find_id[table.name]
         row = conn.execute(find, {"key": values[key]}).first()
         if row is not None:
-            return int(row.id)
+            return int(row.id), False
         inserted = conn.execute(self._insert_new[table.name], dict(values)).first()
         if inserted is not None:
-            return int(inserted.id)
+            return int(inserted.id), True
         # Lost the race to a concurrent insert that has committed by now.
-        return int(conn.execute(find, {"key": values[key]}).scalar_one())
+        return int(conn.execute(find, {"key": values[key]}).scalar_one()), False
 
     # -- reading ------------------------------------------------------------------------------
     def find_version(self, sop_instance_uid: str, dataset_sha256: str) -> int | None:

@@ -14,6 +14,7 @@ from typing import Any
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
     Column,
     DateTime,
     Float,
@@ -24,6 +25,7 @@ from sqlalchemy import (
     String,
     Table,
     UniqueConstraint,
+    false,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 
@@ -62,15 +64,27 @@ def _column_type(attr: IndexedAttribute) -> Any:
     return String()
 
 
+def _counter(name: str) -> Column[Any]:
+    """A count kept up to date by the repository in the ingest transaction, for query responses
+    (Number of ... Related ..., PS3.4 C.3) that must not count rows at query time."""
+    return Column(name, Integer(), nullable=False, server_default="0")
+
+
 component = Table(
     "component",
     metadata,
     Column("id", Id, primary_key=True, autoincrement=True),
     Column("part_id", String(), nullable=False),  # PatientID; may be empty, never NULL
     *_attribute_columns("component", {"part_id"}),
+    # The component name case-folded, for the case-insensitive person name matching of queries.
+    Column("component_name_key", String(), nullable=True),
+    _counter("number_of_studies"),
+    _counter("number_of_series"),
+    _counter("number_of_instances"),
     Column("created_at", Timestamp, nullable=False),
     UniqueConstraint("part_id"),
     Index(None, "component_name"),
+    Index(None, "component_name_key"),
 )
 
 inspection = Table(
@@ -80,6 +94,9 @@ inspection = Table(
     Column("component_id", Id, ForeignKey("component.id"), nullable=False, index=True),
     Column("study_instance_uid", String(64), nullable=False),
     *_attribute_columns("inspection", {"study_instance_uid"}),
+    Column("modalities_in_study", String(), nullable=True),  # the series' modalities, sorted, "\\"-joined
+    _counter("number_of_series"),
+    _counter("number_of_instances"),
     Column("created_at", Timestamp, nullable=False),
     UniqueConstraint("study_instance_uid"),
     Index(None, "study_date"),
@@ -93,6 +110,7 @@ series = Table(
     Column("inspection_id", Id, ForeignKey("inspection.id"), nullable=False, index=True),
     Column("series_instance_uid", String(64), nullable=False),
     *_attribute_columns("series", {"series_instance_uid"}),
+    _counter("number_of_instances"),
     Column("created_at", Timestamp, nullable=False),
     UniqueConstraint("series_instance_uid"),
     Index(None, "modality"),
@@ -139,4 +157,19 @@ instance_version = Table(
     UniqueConstraint("object_key"),
     # An identical re-send (same dataset bytes for the same instance) never makes a second version.
     UniqueConstraint("instance_id", "dataset_sha256"),
+)
+
+# DICOM application entities the archive sends to (C-MOVE destinations, storage commitment reports,
+# `pacs send`) and queries (`pacs query` / `pacs retrieve`).
+node = Table(
+    "node",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("ae_title", String(16), nullable=False),
+    Column("host", String(), nullable=False),
+    Column("port", Integer(), nullable=False),
+    Column("tls", Boolean(), nullable=False, server_default=false()),
+    Column("description", String(), nullable=True),
+    Column("created_at", Timestamp, nullable=False),
+    UniqueConstraint("ae_title"),
 )

@@ -29,7 +29,7 @@ from pacs.context import CallerContext
 from pacs.dicom.digest import Digests, Part10Hasher, hash_part10_file
 from pacs.dicom.json import to_dicom_json
 from pacs.dicom.parse import ParsedObject, parse_part10
-from pacs.diconde import column_values
+from pacs.diconde import column_values, person_name_key
 from pacs.errors import InvalidObject, ObjectMismatch, ResourceUnavailable
 from pacs.index.repository import IndexRepository, NewVersion, Outcome
 from storage import ObjectStore, ObjectWriter, StorageError
@@ -259,6 +259,7 @@ class IngestService:
         ds = parsed.dataset
         component = column_values("component", ds)
         component["part_id"] = component["part_id"] or ""
+        component["component_name_key"] = person_name_key(component["component_name"])
         pixel = parsed.pixel_data
         return NewVersion(
             sop_instance_uid=parsed.sop_instance_uid,

@@ -13,6 +13,7 @@ import threading
 import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
@@ -259,3 +260,79 @@ def test_parallel_identical_copies_make_one_version(archive: Archive, part_known
     [version] = archive.index.versions(ds.SOPInstanceUID)
     winner = next(new for new in news if new.object_key == version.object_key)
     assert winner.dataset_sha256 == sha
+
+
+# -- counts and keys kept for queries --------------------------------------------------------------
+def counts(archive: Archive) -> dict[str, Any]:
+    with archive.engine.connect() as conn:
+        comp = conn.execute(
+            select(
+                component.c.number_of_studies, component.c.number_of_series, component.c.number_of_instances
+            )
+        ).all()
+        insp = conn.execute(
+            select(
+                inspection.c.study_instance_uid,
+                inspection.c.number_of_series,
+                inspection.c.number_of_instances,
+                inspection.c.modalities_in_study,
+            )
+        ).all()
+        ser = conn.execute(select(series.c.series_instance_uid, series.c.number_of_instances)).all()
+    return {
+        "component": [tuple(r) for r in comp],
+        "inspection": {r[0]: tuple(r[1:]) for r in insp},
+        "series": {r[0]: r[1] for r in ser},
+    }
+
+
+def test_related_counts_and_modalities_follow_what_is_recorded(archive: Archive) -> None:
+    """Number of ... Related ... and Modalities in Study are answered from counts kept in the ingest
+    transaction; they must equal what the rows say after new instances, duplicates and new versions."""
+    repo = archive.index
+    study_a, study_b = generate_uid(), generate_uid()
+    dx_series, ct_series, b_series = generate_uid(), generate_uid(), generate_uid()
+    a1 = diconde_dx(part_id="BLADE-9", study_uid=study_a, series_uid=dx_series, seed=1)
+    a2 = diconde_dx(part_id="BLADE-9", study_uid=study_a, series_uid=dx_series, seed=2)
+    a3 = diconde_dx(part_id="BLADE-9", study_uid=study_a, series_uid=ct_series, seed=3, Modality="CT")
+    b1 = diconde_dx(part_id="BLADE-9", study_uid=study_b, series_uid=b_series, seed=4)
+    for ds in (a1, a2, a3, b1):
+        assert repo.record(new_version(ds)).outcome is Outcome.STORED
+    duplicate = new_version(a1, sha256="d" * 64)
+    repo.record(duplicate)
+    assert repo.record(new_version(a1, sha256="d" * 64)).outcome is Outcome.DUPLICATE
+    assert repo.record(new_version(a2)).outcome is Outcome.NEW_VERSION  # same series: counts unchanged
+
+    seen = counts(archive)
+    assert seen["component"] == [(2, 3, 4)]
+    assert seen["inspection"] == {study_a: (2, 3, "CT\\DX"), study_b: (1, 1, "DX")}
+    assert seen["series"] == {dx_series: 2, ct_series: 1, b_series: 1}
+
+
+def test_a_new_version_in_another_series_moves_the_count(archive: Archive) -> None:
+    repo = archive.index
+    study = generate_uid()
+    first_series, second_series = generate_uid(), generate_uid()
+    original = diconde_dx(part_id="P-1", study_uid=study, series_uid=first_series, seed=1)
+    repo.record(new_version(original))
+    moved = diconde_dx(
+        part_id="P-1", study_uid=study, series_uid=second_series, sop_uid=original.SOPInstanceUID, seed=2
+    )
+    assert repo.record(new_version(moved)).outcome is Outcome.NEW_VERSION
+
+    seen = counts(archive)
+    assert seen["series"] == {first_series: 0, second_series: 1}
+    assert seen["inspection"][study][:2] == (2, 1)
+    assert seen["component"] == [(1, 2, 1)]
+
+
+def test_ingest_keeps_the_component_name_case_folded_for_matching(archive: Archive, tmp_path: Path) -> None:
+    from pacs.context import CallerContext
+    from tests.support.factories import write
+
+    name = "MÜLLER^Straße"
+    path = write(diconde_dx(part_id="CASE-1", component_name=name, charset="ISO_IR 192"), tmp_path / "a.dcm")
+    archive.ingest.ingest_file(path, CallerContext(via="import"))
+    with archive.engine.connect() as conn:
+        row = conn.execute(select(component.c.component_name, component.c.component_name_key)).one()
+    assert tuple(row) == (name, "müller^strasse")

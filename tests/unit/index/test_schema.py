@@ -80,3 +80,57 @@ def test_upgrade_twice_is_a_no_op(empty_engine: Engine) -> None:
         assert conn.execute(text("SELECT part_id FROM component")).scalars().all() == ["PART-1"]
         versions = conn.execute(text("SELECT version_num FROM alembic_version")).scalars().all()
     assert versions == [migrate.head_revision()]
+
+
+def test_upgrade_from_0001_fills_counts_names_and_modalities(empty_engine: Engine) -> None:
+    """An archive created at revision 0001 gets correct query columns when upgraded."""
+    migrate.upgrade(empty_engine, "0001")
+    now = "2026-01-01 00:00:00+00:00"
+    with empty_engine.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO component (id, part_id, component_name, created_at) "
+                "VALUES (1, 'P-1', 'MÜLLER^Hans', :now)"
+            ),
+            {"now": now},
+        )
+        conn.execute(
+            text(
+                "INSERT INTO inspection (id, component_id, study_instance_uid, created_at) "
+                "VALUES (1, 1, '1.1', :now)"
+            ),
+            {"now": now},
+        )
+        for sid, modality in ((1, "DX"), (2, "CT")):
+            conn.execute(
+                text(
+                    "INSERT INTO series (id, inspection_id, series_instance_uid, modality, created_at) "
+                    "VALUES (:id, 1, :uid, :m, :now)"
+                ),
+                {"id": sid, "uid": f"1.1.{sid}", "m": modality, "now": now},
+            )
+        for iid, sid in ((1, 1), (2, 1), (3, 2)):
+            conn.execute(
+                text(
+                    "INSERT INTO instance (id, series_id, sop_instance_uid, created_at, updated_at) "
+                    "VALUES (:id, :sid, :uid, :now, :now)"
+                ),
+                {"id": iid, "sid": sid, "uid": f"1.1.1.{iid}", "now": now},
+            )
+
+    migrate.upgrade(empty_engine)
+
+    with empty_engine.connect() as conn:
+        assert conn.execute(
+            text(
+                "SELECT component_name_key, number_of_studies, number_of_series, number_of_instances "
+                "FROM component"
+            )
+        ).one() == ("müller^hans", 1, 2, 3)
+        assert conn.execute(
+            text("SELECT number_of_series, number_of_instances, modalities_in_study FROM inspection")
+        ).one() == (2, 3, "CT\\DX")
+        assert sorted(conn.execute(text("SELECT id, number_of_instances FROM series")).all()) == [
+            (1, 2),
+            (2, 1),
+        ]
