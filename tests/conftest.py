@@ -14,9 +14,10 @@ import multiprocessing
 import os
 import socket
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import create_engine, text
@@ -153,9 +154,13 @@ class RunningNode:
         return self.host, self.port
 
 
-def start_dicom_node(archive: Archive, settings: Settings | None = None) -> RunningNode:
+def start_dicom_node(
+    archive: Archive, settings: Settings | None = None, services: Sequence[Any] | None = None
+) -> RunningNode:
+    """The node as ``pacs serve`` runs it (``services``: the DIMSE service modules' ``register``
+    functions, default all of ``dicom_nodes.server.SERVICES``)."""
     from dicom_nodes.policy import AssociationLimiter
-    from dicom_nodes.server import DicomNode
+    from dicom_nodes.server import SERVICES, DicomNode
     from dicom_nodes.spool import Spooler
 
     settings = settings or archive.settings
@@ -167,6 +172,7 @@ def start_dicom_node(archive: Archive, settings: Settings | None = None) -> Runn
         listening,
         AssociationLimiter(settings.max_associations, slots),
         Spooler(archive.ingest.receive, settings.incoming_dir),
+        SERVICES if services is None else services,
     )
     node.start()
     host, port = node.address
