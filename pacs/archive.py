@@ -22,6 +22,7 @@ from pacs.services.fsck import FsckService
 from pacs.services.importer import ImportService
 from pacs.services.ingest import IngestService
 from pacs.services.retrieve import RetrieveService
+from pacs.services.search import SearchService
 from storage import ObjectStore, StorageError, StoreURLError, open_store
 
 
@@ -34,6 +35,7 @@ class Archive:
     ingest: IngestService
     retrieve: RetrieveService
     nodes: NodeRepository
+    search: SearchService
 
     def importer(self) -> ImportService:
         return ImportService(self.ingest)
@@ -78,6 +80,7 @@ def open_archive(settings: Settings, *, upgrade_schema: bool = True) -> Archive:
         ingest=IngestService(index, store),
         retrieve=RetrieveService(index, store),
         nodes=NodeRepository(engine),
+        search=SearchService(engine),
     )
 
 

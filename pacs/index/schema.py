@@ -84,7 +84,10 @@ component = Table(
     Column("created_at", Timestamp, nullable=False),
     UniqueConstraint("part_id"),
     Index(None, "component_name"),
-    Index(None, "component_name_key"),
+    # Queries: prefix wildcards ("BLADE*") on PostgreSQL with a language collation need the pattern
+    # operator class (it serves equality too); SQLite ignores it (migration 0003).
+    Index(None, "component_name_key", postgresql_ops={"component_name_key": "varchar_pattern_ops"}),
+    Index(None, "part_id", postgresql_ops={"part_id": "varchar_pattern_ops"}),
 )
 
 inspection = Table(
