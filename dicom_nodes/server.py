@@ -20,7 +20,7 @@ from pynetdicom import AE, evt
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import ThreadedAssociationServer
 
-from dicom_nodes import negotiation, store
+from dicom_nodes import commitment, find, negotiation, store
 from dicom_nodes.policy import AssociationLimiter, AssociationPolicy
 from dicom_nodes.spool import Spooler
 from dicom_nodes.transport import RequestHandler
@@ -98,7 +98,12 @@ def _register_verification(registry: Registry) -> None:
 
 
 ServiceModule = Callable[[Registry], None]
-SERVICES: tuple[ServiceModule, ...] = (_register_verification, store.register)
+SERVICES: tuple[ServiceModule, ...] = (
+    _register_verification,
+    store.register,
+    find.register,
+    commitment.register,
+)
 
 
 class DicomNode:

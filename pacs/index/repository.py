@@ -28,6 +28,7 @@ class Outcome(enum.StrEnum):
     STORED = "stored"  # a new instance
     NEW_VERSION = "new version"  # different bytes under a known SOP Instance UID; now current
     DUPLICATE = "already present"  # this exact dataset is already a version of the instance
+    REPAIRED = "repaired"  # ... but its stored object was damaged or gone: the new copy replaces it
 
 
 @dataclass(frozen=True)
@@ -335,6 +336,40 @@ class IndexRepository:
                 )
             ).first()
         return None if row is None else _version_row(row)
+
+    def version(self, version_id: int) -> VersionRow | None:
+        with self._read() as conn:
+            row = conn.execute(_version_select().where(instance_version.c.id == version_id)).first()
+        return None if row is None else _version_row(row)
+
+    def replace_object(
+        self,
+        version_id: int,
+        damaged_key: str,
+        key: str,
+        file_meta_sha256: str,
+        dataset_offset: int,
+        size: int,
+    ) -> bool:
+        """Point a version whose object is damaged at an intact copy of the same dataset (same
+        dataset SHA-256; its file meta may differ). False if another repair got there first."""
+        try:
+            with write_transaction(self.engine) as conn:
+                changed = conn.execute(
+                    instance_version.update()
+                    .where(instance_version.c.id == version_id, instance_version.c.object_key == damaged_key)
+                    .values(
+                        object_key=key,
+                        file_meta_sha256=file_meta_sha256,
+                        dataset_offset=dataset_offset,
+                        size=size,
+                    )
+                ).rowcount
+        except SQLAlchemyError as exc:
+            raise ResourceUnavailable(
+                f"index unavailable while repairing version {version_id}: {exc}"
+            ) from exc
+        return bool(changed)
 
     def version_metadata(self, version_id: int) -> dict[str, Any] | None:
         with self._read() as conn:

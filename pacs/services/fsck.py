@@ -13,9 +13,9 @@ import datetime as dt
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
-from pacs.dicom.digest import hash_part10_file
 from pacs.index.repository import IndexRepository, VersionRow
-from storage import ObjectInfo, ObjectNotFound, ObjectStore, StorageError
+from pacs.services.integrity import check_object
+from storage import ObjectInfo, ObjectStore
 
 Progress = Callable[[str, int], None]  # (phase, items just done)
 
@@ -96,35 +96,10 @@ class FsckService:
         return report
 
     def _check_version(self, version: VersionRow, quick: bool, report: FsckReport) -> Problem | None:
-        key = version.object_key
-        try:
-            info = self.store.stat(key)
-        except ObjectNotFound:
-            return Problem("missing", key, f"object {key} is missing")
-        except StorageError as exc:
-            return Problem("unreadable", key, str(exc))
-        if info.size != version.size:
-            return Problem(
-                "size", key, f"object {key} has {info.size} bytes, the index recorded {version.size}"
-            )
-        if quick:
-            return None
-        try:
-            with self.store.open(key) as f:
-                digests = hash_part10_file(f, version.dataset_offset)
-        except (StorageError, OSError) as exc:
-            return Problem("unreadable", key, f"object {key}: {exc}")
-        report.bytes_hashed += version.size
-        if digests.dataset_sha256 != version.dataset_sha256:
-            return Problem(
-                "corrupt",
-                key,
-                f"object {key}: dataset SHA-256 {digests.dataset_sha256}, "
-                f"the index recorded {version.dataset_sha256}",
-            )
-        if digests.file_meta_sha256 != version.file_meta_sha256:
-            return Problem("corrupt", key, f"object {key}: file meta differs from what was stored (SHA-256)")
-        return None
+        problem = check_object(self.store, version, quick=quick)
+        if not quick and (problem is None or problem.kind == "corrupt"):
+            report.bytes_hashed += version.size
+        return None if problem is None else Problem(problem.kind, problem.key, problem.detail)
 
 
 def _batches(items: Iterator[ObjectInfo], size: int) -> Iterator[list[ObjectInfo]]:

@@ -21,17 +21,27 @@ class ImportSummary:
     stored: int = 0
     new_versions: int = 0
     duplicates: int = 0
+    repaired: int = 0
     skipped: list[tuple[Path, str]] = field(default_factory=list)
     rejected: list[tuple[Path, str]] = field(default_factory=list)
 
     @property
     def total(self) -> int:
-        return self.stored + self.new_versions + self.duplicates + len(self.skipped) + len(self.rejected)
+        return (
+            self.stored
+            + self.new_versions
+            + self.duplicates
+            + self.repaired
+            + len(self.skipped)
+            + len(self.rejected)
+        )
 
     def line(self) -> str:
+        repaired = f", {self.repaired} repaired damaged copies" if self.repaired else ""
         return (
             f"import: {self.total} files: {self.stored} stored, {self.duplicates} already present, "
             f"{self.new_versions} new versions, {len(self.rejected)} rejected, {len(self.skipped)} skipped"
+            f"{repaired}"
         )
 
 
@@ -83,6 +93,8 @@ class ImportService:
                     summary.new_versions += 1
                 elif outcome == Outcome.DUPLICATE.value:
                     summary.duplicates += 1
+                elif outcome == Outcome.REPAIRED.value:
+                    summary.repaired += 1
                 elif outcome == "skipped":
                     summary.skipped.append((path, reason or ""))
                 else:

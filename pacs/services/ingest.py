@@ -31,7 +31,8 @@ from pacs.dicom.json import to_dicom_json
 from pacs.dicom.parse import ParsedObject, parse_part10
 from pacs.diconde import column_values, person_name_key
 from pacs.errors import InvalidObject, ObjectMismatch, ResourceUnavailable
-from pacs.index.repository import IndexRepository, NewVersion, Outcome
+from pacs.index.repository import IndexRepository, NewVersion, Outcome, Recorded
+from pacs.services.integrity import check_object
 from storage import ObjectStore, ObjectWriter, StorageError
 
 log = logging.getLogger(__name__)
@@ -223,7 +224,7 @@ class IngestService:
         uid = parsed.sop_instance_uid
         if check_first:
             known = self.index.find_version(uid, digests.dataset_sha256)
-            if known is not None:  # an identical re-send: nothing to store
+            if known is not None and self._intact(known):  # an identical re-send: nothing to store
                 log.info("%s: %s from %s", Outcome.DUPLICATE.value, uid, ctx.describe())
                 return IngestResult(
                     Outcome.DUPLICATE, uid, _part_id(parsed), digests.dataset_sha256, digests.size, known
@@ -234,11 +235,11 @@ class IngestService:
             raise ResourceUnavailable(f"{uid}: cannot store object: {exc}") from exc
         try:
             recorded = self.index.record(self._new_version(parsed, key, digests, ctx))
+            if recorded.outcome is Outcome.DUPLICATE:  # already kept (a re-send, or a copy won a race)
+                recorded = self._repair_or_discard(recorded, key, digests, uid)
         except BaseException:
             self._discard(key, uid)
             raise
-        if recorded.outcome is Outcome.DUPLICATE:  # already kept (a re-send, or a copy won a race)
-            self._discard(key, uid)
         log.info(
             "%s: %s (part %r, %s, %.1f MB) from %s in %.1f ms",
             recorded.outcome.value,
@@ -282,6 +283,32 @@ class IngestService:
             source_address=ctx.address,
             received_by=ctx.user,
         )
+
+    def _intact(self, version_id: int) -> bool:
+        version = self.index.version(version_id)
+        return version is not None and check_object(self.store, version) is None
+
+    def _repair_or_discard(self, recorded: Recorded, key: str, digests: Digests, uid: str) -> Recorded:
+        """An identical re-send keeps nothing new, unless the kept object was damaged or lost: then
+        the re-sent copy takes its place (the way back from a failed storage commitment, PS3.4
+        J.3.3.1.3). The damaged object is left in the store, unreferenced, for `pacs fsck` to show."""
+        version = self.index.version(recorded.version_id)
+        problem = None if version is None else check_object(self.store, version)
+        if version is None or problem is None:
+            self._discard(key, uid)
+            return recorded
+        if not self.index.replace_object(
+            version.id,
+            version.object_key,
+            key,
+            digests.file_meta_sha256,
+            digests.dataset_offset,
+            digests.size,
+        ):
+            self._discard(key, uid)
+            return recorded
+        log.warning("%s: version %d repaired from a re-sent copy (%s)", uid, version.id, problem.detail)
+        return Recorded(Outcome.REPAIRED, recorded.instance_id, recorded.version_id)
 
     def _discard(self, key: str, uid: str) -> None:
         try:
