@@ -113,9 +113,11 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedS3]:
 
 
 @pytest.fixture
-def s3_url(s3_server: SeaweedS3) -> str:
-    """An S3 object store URL on a bucket of its own."""
-    return s3_server.url(f"pacs-{uuid.uuid4().hex[:12]}")
+def s3_url(s3_server: SeaweedS3) -> Iterator[str]:
+    """An S3 object store URL on a bucket of its own, removed after the test."""
+    bucket = f"pacs-{uuid.uuid4().hex[:12]}"
+    yield s3_server.url(bucket)
+    s3_server.remove_bucket(bucket)
 
 
 # -- backend pairs ----------------------------------------------------------------------------

@@ -53,6 +53,17 @@ class SeaweedS3:
                 }
             )
         )
+        # SeaweedFS keeps each bucket in a collection of its own and, by default, grows a new collection
+        # by seven volumes of up to 1 GB, within a volume count derived from the free disk space. The
+        # tests make a bucket per test, so that limit ran out part-way through a run ("No writable
+        # volumes and no free volumes left", HTTP 500). One volume per growth, small volumes and a
+        # fixed count keep the server independent of the machine's disk. `weed` reads master.toml
+        # from $HOME/.seaweedfs.
+        settings = self.workdir / ".seaweedfs"
+        settings.mkdir(exist_ok=True)
+        (settings / "master.toml").write_text(
+            "[master.volume_growth]\ncopy_1 = 1\ncopy_2 = 1\ncopy_3 = 1\ncopy_other = 1\n"
+        )
         # Every listener gets a port of its own (each also takes port + 10000 for gRPC), and the ones
         # not needed are off, so several test sessions can run on one machine at once.
         s3, filer, master, volume, admin = _ports(5)
@@ -76,6 +87,8 @@ class SeaweedS3:
                 f"-filer.port={filer}",
                 f"-master.port={master}",
                 f"-volume.port={volume}",
+                "-volume.max=2000",
+                "-master.volumeSizeLimitMB=64",
             ],
             stdout=self._log,
             stderr=subprocess.STDOUT,
@@ -102,6 +115,15 @@ class SeaweedS3:
 
     def url(self, bucket: str) -> str:
         return f"s3://{ACCESS_KEY}:{SECRET_KEY}@{self.endpoint}/{bucket}?secure=false"
+
+    def remove_bucket(self, bucket: str) -> None:
+        """Delete ``bucket`` and everything in it (its collection's volumes go with it)."""
+        client = self.client()
+        if not client.bucket_exists(bucket):
+            return
+        for obj in client.list_objects(bucket, recursive=True):
+            client.remove_object(bucket, obj.object_name)
+        client.remove_bucket(bucket)
 
     def stop(self) -> None:
         if self.process is not None:
