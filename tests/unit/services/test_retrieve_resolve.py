@@ -1,0 +1,150 @@
+"""Resolving a retrieve to current versions from the index alone, and the local copy of each object
+to send (in place on a filesystem store, a temporary copy from S3). Both backend pairs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine
+
+from pacs.archive import Archive
+from pacs.context import CallerContext
+from pacs.dicom.retrieve_keys import InformationModel, RetrieveRequest
+from pacs.errors import NotFound, ResourceUnavailable
+from pacs.index.repository import IndexRepository
+from pacs.services.retrieve import RetrieveService
+from tests.support.factories import diconde_dx, write
+
+P, S = InformationModel.PATIENT_ROOT, InformationModel.STUDY_ROOT
+IMPORT = CallerContext(via="import")
+
+
+def uid(*parts: int) -> str:
+    return "1.2.826.0.1.3680043.10.543.7." + ".".join(map(str, parts))
+
+
+@pytest.fixture
+def stored(archive: Archive, tmp_path: Path) -> dict[str, str]:
+    """Part A: study 1 (series 1: instances 1-3, series 2: instance 4), study 2 (instance 5);
+    part B: study 3 (instance 6). Stored out of order; instance 2 twice (two versions)."""
+    layout = [
+        # name, part, study, series, series number, instance number
+        ("i3", "A", 1, 1, 1, 3),
+        ("i4", "A", 1, 2, 2, 1),
+        ("i1", "A", 1, 1, 1, 1),
+        ("i2", "A", 1, 1, 1, 2),
+        ("i5", "A", 2, 3, 1, 1),
+        ("i6", "B", 3, 4, 1, 1),
+    ]
+    names = {}
+    for n, (name, part, study, series, series_number, number) in enumerate(layout):
+        ds = diconde_dx(
+            part_id=part,
+            rows=16,
+            columns=16,
+            seed=n,
+            study_uid=uid(study),
+            series_uid=uid(study, series),
+            sop_uid=uid(study, series, number),
+            SeriesNumber=series_number,
+            InstanceNumber=number,
+        )
+        archive.ingest.ingest_file(write(ds, tmp_path / f"{name}.dcm"), IMPORT)
+        names[name] = ds.SOPInstanceUID
+    # A second version of i2 (other pixels): the retrieve sends the current one only.
+    again = diconde_dx(
+        part_id="A",
+        rows=16,
+        columns=16,
+        seed=99,
+        study_uid=uid(1),
+        series_uid=uid(1, 1),
+        sop_uid=names["i2"],
+        SeriesNumber=1,
+        InstanceNumber=2,
+    )
+    archive.ingest.ingest_file(write(again, tmp_path / "i2-v2.dcm"), IMPORT)
+    return names
+
+
+def resolved(archive: Archive, request: RetrieveRequest) -> list[str]:
+    return [item.sop_instance_uid for item in archive.retrieve.resolve(request)]
+
+
+def test_each_level_in_hierarchy_order(archive: Archive, stored: dict[str, str]) -> None:
+    s = stored
+    assert resolved(archive, RetrieveRequest(P, "PATIENT", "A")) == [
+        s[n] for n in ("i1", "i2", "i3", "i4", "i5")
+    ]
+    assert resolved(archive, RetrieveRequest(S, "STUDY", None, (uid(3), uid(1)))) == [
+        s[n] for n in ("i1", "i2", "i3", "i4", "i6")
+    ]
+    assert resolved(archive, RetrieveRequest(S, "SERIES", None, (uid(1),), (uid(1, 2), uid(1, 1)))) == [
+        s[n] for n in ("i1", "i2", "i3", "i4")
+    ]
+    assert resolved(
+        archive, RetrieveRequest(P, "IMAGE", "A", (uid(1),), (uid(1, 1),), (s["i3"], s["i1"]))
+    ) == [
+        s["i1"],
+        s["i3"],
+    ]
+
+
+def test_keys_above_the_level_restrict_the_match(archive: Archive, stored: dict[str, str]) -> None:
+    assert resolved(archive, RetrieveRequest(P, "STUDY", "B", (uid(1),))) == []  # study 1 is part A's
+    assert resolved(archive, RetrieveRequest(S, "SERIES", None, (uid(2),), (uid(1, 1),))) == []
+    assert resolved(archive, RetrieveRequest(S, "STUDY", None, ("1.2.3.404",))) == []
+
+
+def test_the_current_version_is_what_is_sent(archive: Archive, stored: dict[str, str]) -> None:
+    items = archive.retrieve.resolve(
+        RetrieveRequest(S, "IMAGE", None, (uid(1),), (uid(1, 1),), (stored["i2"],))
+    )
+    assert len(items) == 1
+    assert items[0].version == archive.retrieve.current(stored["i2"])
+    assert len(archive.retrieve.versions(stored["i2"])) == 2
+    assert items[0].sop_class_uid == "1.2.840.10008.5.1.4.1.1.1.1"  # DX for presentation, from the index
+
+
+def test_long_uid_lists_are_queried_in_chunks(archive: Archive, stored: dict[str, str]) -> None:
+    many = tuple(f"1.2.3.{i}" for i in range(1200)) + (stored["i5"], stored["i6"])
+    request = RetrieveRequest(S, "IMAGE", None, (uid(2),), (uid(2, 3),), many)
+    assert resolved(archive, request) == [stored["i5"]]
+
+
+def test_local_file_is_the_stored_object_and_leaves_nothing_behind(
+    archive: Archive, stored: dict[str, str], backend: str, tmp_path: Path
+) -> None:
+    version = archive.retrieve.current(stored["i1"])
+    with archive.retrieve.open(version) as f:
+        expected = f.read()
+    scratch = tmp_path / "scratch"
+    with archive.retrieve.local_file(version, scratch) as path:
+        assert path.read_bytes() == expected
+        copied = list(scratch.glob("*")) if scratch.exists() else []
+    if backend == "sqlite+file":
+        assert copied == []  # the object file itself, nothing copied
+    else:
+        assert copied == [path]  # streamed to the scratch folder ...
+    assert not scratch.exists() or list(scratch.iterdir()) == []  # ... and removed after use
+
+
+def test_local_file_of_a_missing_object_is_not_found(
+    archive: Archive, stored: dict[str, str], tmp_path: Path
+) -> None:
+    version = archive.retrieve.current(stored["i1"])
+    archive.store.delete(version.object_key)
+    with (
+        pytest.raises(NotFound, match="missing from the store"),
+        archive.retrieve.local_file(version, tmp_path),
+    ):
+        pass
+
+
+def test_index_failures_are_resource_unavailable(archive: Archive, tmp_path: Path) -> None:
+    not_a_folder = tmp_path / "file"
+    not_a_folder.write_text("")
+    unreachable = IndexRepository(create_engine(f"sqlite:///{not_a_folder}/index.sqlite"))
+    with pytest.raises(ResourceUnavailable, match="index unavailable"):
+        RetrieveService(unreachable, archive.store).resolve(RetrieveRequest(P, "PATIENT", "A"))
