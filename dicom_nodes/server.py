@@ -20,7 +20,7 @@ from pynetdicom import AE, evt
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import ThreadedAssociationServer
 
-from dicom_nodes import commitment, find, negotiation, store
+from dicom_nodes import commitment, find, get, move, negotiation, store
 from dicom_nodes.policy import AssociationLimiter, AssociationPolicy
 from dicom_nodes.spool import Spooler
 from dicom_nodes.transport import RequestHandler
@@ -102,6 +102,8 @@ SERVICES: tuple[ServiceModule, ...] = (
     _register_verification,
     store.register,
     find.register,
+    move.register,
+    get.register,  # after store.register: it re-registers the storage contexts with both roles
     commitment.register,
 )
 
