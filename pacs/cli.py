@@ -139,6 +139,28 @@ def _parser() -> argparse.ArgumentParser:
     node_remove.add_argument("node_ae_title", metavar="AE_TITLE")
     node_remove.set_defaults(run=_nodes_remove)
 
+    send = commands.add_parser("send", parents=[common], help="send stored instances to a node (C-STORE)")
+    send.add_argument("node", metavar="NODE", help="AE title of a node registered with `pacs nodes add`")
+    send.add_argument("uids", nargs="+", metavar="UID", help="SOP Instance, Series or Study Instance UIDs")
+    send.set_defaults(run=_send)
+
+    query = commands.add_parser("query", parents=[common], help="query a node (C-FIND)")
+    _add_query_arguments(query)
+    query.set_defaults(run=_query)
+
+    pull = commands.add_parser(
+        "retrieve", parents=[common], help="retrieve from a node into this archive (C-GET or C-MOVE)"
+    )
+    _add_query_arguments(pull)
+    pull.add_argument(
+        "--via",
+        choices=["get", "move"],
+        default="get",
+        help="get: C-GET on one association (default); move: C-MOVE to this archive's AE title, "
+        "which must be serving (`pacs serve`) and known to the node",
+    )
+    pull.set_defaults(run=_retrieve)
+
     config = commands.add_parser("config", parents=[common], help="print the effective configuration")
     config.set_defaults(run=_show_config)
     return parser
@@ -398,6 +420,172 @@ def register_configured_nodes(archive: Archive) -> None:
 
     for spec in archive.settings.nodes:
         archive.nodes.add(Node(spec.ae_title, spec.host, spec.port, spec.tls, spec.description), replace=True)
+
+
+# -- send / query / retrieve: the archive as a client of other nodes ---------------------------------
+def _add_query_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("node", metavar="NODE", help="AE title of a node registered with `pacs nodes add`")
+    parser.add_argument(
+        "--level",
+        type=str.upper,
+        choices=["PATIENT", "STUDY", "SERIES", "IMAGE"],
+        default="STUDY",
+        help="query/retrieve level (STUDY); PATIENT = component, needs --model patient",
+    )
+    parser.add_argument(
+        "--model",
+        choices=["study", "patient"],
+        default="study",
+        help="Study Root (default) or Patient Root information model",
+    )
+    parser.add_argument(
+        "-k",
+        "--key",
+        dest="keys",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="match KEY (keyword or gggg,eeee) against VALUE; `KEY=` asks for it back; repeatable",
+    )
+
+
+def _peer(archive: Archive, title: str, command: str) -> Any:
+    node = archive.nodes.get(title)
+    if node is None:
+        print(
+            f"pacs {command}: no node with AE title {title!r} is registered "
+            f"(pacs nodes add {title} HOST PORT)",
+            file=sys.stderr,
+        )
+    return node
+
+
+def _send(settings: Settings, args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from dicom_nodes import scu
+
+    archive = open_archive(settings, upgrade_schema=False)
+    try:
+        node = _peer(archive, args.node, "send")
+        if node is None:
+            return EXIT_USAGE
+        items, unknown = scu.resolve_for_send(archive, args.uids)
+        if unknown:
+            for uid in unknown:
+                print(f"pacs send: not in the archive: {uid}", file=sys.stderr)
+            return EXIT_PROBLEMS
+        with tqdm(total=len(items), desc=f"sending to {node.ae_title}", unit=" inst", file=sys.stderr) as bar:
+            results = scu.send(archive, node, items, on_result=lambda result: bar.update(1))
+    finally:
+        archive.close()
+    failed = [r for r in results if not r.ok]
+    for result in failed:
+        print(f"failed: {result.sop_instance_uid}: {result.reason}")
+    for result in results:
+        if result.ok and result.status != 0:
+            print(
+                f"warning: {result.sop_instance_uid}: status 0x{result.status:04X} {result.reason}".rstrip()
+            )
+    transcoded = sum(1 for r in results if r.ok and r.transcoded)
+    sent = len(results) - len(failed)
+    print(
+        f"sent {sent} of {len(results)} instances to {node.describe()}: "
+        f"{sent - transcoded} in their stored transfer syntax, {transcoded} decompressed, "
+        f"{len(failed)} failed"
+    )
+    return EXIT_PROBLEMS if failed else EXIT_OK
+
+
+def _identifier_or_usage(args: argparse.Namespace, command: str) -> Any:
+    from dicom_nodes import scu
+
+    try:
+        return scu.build_identifier(args.level, args.keys, args.model)
+    except ValueError as exc:
+        print(f"pacs {command}: {exc}", file=sys.stderr)
+        return None
+
+
+def _query(settings: Settings, args: argparse.Namespace) -> int:
+    from dicom_nodes import scu
+
+    identifier = _identifier_or_usage(args, "query")
+    if identifier is None:
+        return EXIT_USAGE
+    archive = open_archive(settings, upgrade_schema=False)
+    try:
+        node = _peer(archive, args.node, "query")
+    finally:
+        archive.close()
+    if node is None:
+        return EXIT_USAGE
+    matches = scu.find(settings, node, identifier, args.model)
+    for match in matches:
+        print(scu.describe_match(match))
+    print(f"{len(matches)} match{'es' if len(matches) != 1 else ''} from {node.describe()}", file=sys.stderr)
+    return EXIT_OK
+
+
+def _retrieve(settings: Settings, args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from dicom_nodes import scu
+
+    if _identifier_or_usage(args, "retrieve") is None:
+        return EXIT_USAGE
+    archive = open_archive(settings, upgrade_schema=False)
+    try:
+        node = _peer(archive, args.node, "retrieve")
+        if node is None:
+            return EXIT_USAGE
+        identifiers = scu.retrieve_identifiers(settings, node, args.level, args.keys, args.model)
+        if not identifiers:
+            print(f"nothing on {node.describe()} matches; nothing retrieved")
+            return EXIT_OK
+        with tqdm(desc=f"retrieving from {node.ae_title}", unit=" inst", file=sys.stderr) as bar:
+
+            def progress(done: int, total: int | None) -> None:
+                if total is not None and bar.total != total:
+                    bar.total = total
+                bar.n = done
+                bar.refresh()
+
+            if args.via == "get":
+                report = scu.get(archive, node, identifiers, args.model, progress)
+            else:
+                report = scu.move(settings, node, identifiers, args.model, progress=progress)
+    finally:
+        archive.close()
+    for error in report.errors:
+        print(f"error: {error}")
+    for uid, reason in report.refused:
+        print(f"failed: {uid}: {reason}")
+    refused = {uid for uid, _ in report.refused}
+    for uid in report.failed_uids:
+        if uid not in refused:
+            print(f"failed: {uid}: the node reported the sub-operation failed")
+    failed = max(report.failed, len(report.refused))
+    if args.via == "get" and report.failed > len(report.refused):
+        print(
+            "hint: C-GET offers to receive only the SOP classes DICONDE devices produce "
+            "(docs/conformance.md); --via move has no such limit"
+        )
+    if args.via == "get":
+        outcomes = report.outcomes
+        received = sum(outcomes.values())
+        print(
+            f"retrieved {received} instances from {node.describe()} by C-GET: "
+            f"{outcomes['stored']} stored, {outcomes['already present']} already present, "
+            f"{outcomes['new version']} new versions, {failed} failed"
+        )
+    else:
+        print(
+            f"moved {report.completed + report.warning} instances from {node.describe()} to "
+            f"{settings.ae_title} by C-MOVE: {report.completed} completed, {report.warning} with warnings, "
+            f"{failed} failed"
+        )
+    return EXIT_OK if report.ok else EXIT_PROBLEMS
 
 
 # -- config -----------------------------------------------------------------------------------------
