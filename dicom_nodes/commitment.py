@@ -42,6 +42,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 )
 
 from dicom_nodes import store
+from dicom_nodes.transport import tune
 
 if TYPE_CHECKING:
     from dicom_nodes.server import Registry
@@ -330,6 +331,7 @@ class Reporter:
             outcome = "rejected" if assoc.is_rejected else "not established (no connection, or aborted)"
             log.error("storage commitment %s: report not delivered: association %s %s", uid, where, outcome)
             return False
+        tune(assoc)
         try:
             context = next((cx for cx in assoc.accepted_contexts if cx.abstract_syntax == SOP_CLASS), None)
             if context is None:

@@ -53,6 +53,8 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     StudyRootQueryRetrieveInformationModelMove,
 )
 
+from dicom_nodes.transport import tune
+
 if TYPE_CHECKING:
     from dicom_nodes.server import Registry
 from pacs.archive import Archive
@@ -121,6 +123,7 @@ def handle_move(event: Event, archive: Archive, scratch_dir: Path) -> Iterator[A
 
     def on_accepted(accepted_event: Event) -> None:
         sub_association.append(accepted_event.assoc)
+        tune(accepted_event.assoc)  # TCP_NODELAY, bulk reads, bounded send queue
         guard.install(accepted_event.assoc)
 
     kwargs = {
@@ -257,7 +260,7 @@ def send_instances(
         dataset: Dataset | None = None
         try:
             target = transcode.choose_transfer_syntax(item.transfer_syntax_uid, accepted(item.sop_class_uid))
-            with archive.retrieve.local_file(item.version, scratch_dir) as path:
+            with archive.retrieve.local_file(item, scratch_dir) as path:
                 dataset = transcode.prepare(path, target)
             if target != item.transfer_syntax_uid:
                 log.info(

@@ -10,18 +10,14 @@ Sending keeps the stored bytes untouched whenever the peer accepts the stored tr
 each SOP class is proposed once per stored syntax in a context of its own, plus one context with
 the uncompressed syntaxes as the fallback, and the dataset goes out from a file in chunks
 (``_config.STORE_SEND_CHUNKED_DATASET``), never loaded, with at most a few PDUs queued (see
-:class:`_SendWindow`). Only when the peer takes nothing but the uncompressed fallback is the
-instance transcoded (:mod:`pacs.dicom.transcode`, lossless only) and sent from memory.
+:mod:`dicom_nodes.transport`). Only when the peer takes nothing but the uncompressed fallback is
+the instance transcoded (:mod:`pacs.dicom.transcode`, lossless only) and sent from memory.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
-import os
-import queue
 import re
-import tempfile
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -30,8 +26,7 @@ from pathlib import Path
 from typing import Any, cast
 
 from pydicom.datadict import dictionary_VR, keyword_for_tag, tag_for_keyword
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.filewriter import write_file_meta_info
+from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence as DicomSequence
 from pydicom.tag import BaseTag, Tag
@@ -69,7 +64,6 @@ from pynetdicom import AE, _config, build_context, build_role, evt
 from pynetdicom.association import Association
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.events import Event
-from pynetdicom.pdu_primitives import P_DATA
 from pynetdicom.presentation import PresentationContext
 from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     PatientRootQueryRetrieveInformationModelFind,
@@ -80,18 +74,18 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     StudyRootQueryRetrieveInformationModelMove,
 )
 
-from dicom_nodes.server import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from dicom_nodes.spool import Spooler
 from dicom_nodes.store import CANNOT_UNDERSTAND, DATA_SET_DOES_NOT_MATCH_SOP_CLASS, OUT_OF_RESOURCES
-from dicom_nodes.transport import BulkReceiveSocket
+from dicom_nodes.transport import tune
 from pacs.archive import Archive
 from pacs.config import Settings
 from pacs.context import CallerContext
+from pacs.dicom import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from pacs.dicom.transcode import TranscodeError, choose_transfer_syntax, prepare
 from pacs.errors import InvalidObject, ObjectMismatch, PacsError, ResourceUnavailable
 from pacs.index.nodes import Node
-from pacs.index.repository import VersionRow
 from pacs.services.ingest import Expected, IngestResult, IngestService
+from pacs.services.retrieve import RetrieveItem
 
 log = logging.getLogger(__name__)
 
@@ -199,10 +193,7 @@ def associate(
     )
     if not assoc.is_established:
         raise PeerError(f"{node.describe()}: {_not_established(assoc)}")
-    # Same object, same state: large PDUs are read with one recv_into (see dicom_nodes.transport).
-    if assoc.dul.socket is not None:
-        assoc.dul.socket.__class__ = BulkReceiveSocket
-    _bound_send_queue(assoc)
+    tune(assoc)  # TCP_NODELAY, bulk reads, bounded send queue (dicom_nodes.transport)
     ok = False
     try:
         yield assoc
@@ -213,36 +204,6 @@ def associate(
                 assoc.release()
             else:
                 assoc.abort()
-
-
-class _SendWindow(queue.Queue):  # type: ignore[type-arg]
-    """pynetdicom's queue of PDUs for the DUL thread to send, with room for ``limit`` P-DATA PDUs.
-
-    pynetdicom puts every P-DATA fragment of a message in an unbounded queue as fast as it can read
-    them, so "chunked" sending of a file still piles the file up in memory when the network is
-    slower than the disk. Here a P-DATA waits for room (the DUL thread notifies on every get);
-    anything else (release, abort) goes in at once, and nothing waits once the DUL has stopped.
-    """
-
-    def __init__(self, limit: int, alive: Callable[[], bool]) -> None:
-        super().__init__()
-        self.limit = limit
-        self.alive = alive
-
-    def put(self, item: Any, block: bool = True, timeout: float | None = None) -> None:
-        if isinstance(item, P_DATA):
-            with self.not_full:
-                while self._qsize() >= self.limit and self.alive():
-                    self.not_full.wait(0.5)
-        super().put(item, block, timeout)
-
-
-def _bound_send_queue(assoc: Association, limit: int = 8) -> None:
-    """Backpressure for outgoing data: at most ``limit`` PDUs (of the peer's maximum size) queued."""
-    dul = assoc.dul
-    window = _SendWindow(limit, lambda: dul.is_alive() and not dul._kill_thread)
-    window.queue.extend(dul.to_provider_queue.queue)  # empty once the association is established
-    dul.to_provider_queue = window
 
 
 def _not_established(assoc: Association) -> str:
@@ -475,22 +436,6 @@ def _unique_path(level: str, model: str) -> list[str]:
 
 
 # -- C-STORE SCU ----------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Outgoing:
-    """A stored instance to send: its current version and SOP class (from the index)."""
-
-    version: VersionRow
-    sop_class_uid: str
-
-    @property
-    def sop_instance_uid(self) -> str:
-        return self.version.sop_instance_uid
-
-    @property
-    def transfer_syntax(self) -> str:
-        return self.version.transfer_syntax_uid
-
-
 @dataclass
 class SendResult:
     sop_instance_uid: str
@@ -504,97 +449,10 @@ class SendResult:
         return _is_success_or_warning(self.status)
 
 
-def resolve_for_send(archive: Archive, uids: Sequence[str]) -> tuple[list[Outgoing], list[str]]:
-    """The current versions of every instance that ``uids`` name (SOP Instance, Series or Study
-    Instance UIDs), in study/series/instance order; and the UIDs that name nothing.
-
-    Reads the index only (no object is opened).
-    """
-    # Kept here until the index repository has a lookup by any-level UID; the query model
-    # (pacs.query) will replace it.
-    from sqlalchemy import or_, select
-
-    from pacs.index.database import read_transaction
-    from pacs.index.schema import inspection, instance, instance_version, series
-
-    wanted = list(dict.fromkeys(u.strip() for u in uids if u.strip()))
-    rows: dict[str, Any] = {}
-    named: set[str] = set()
-    columns = (
-        instance_version.c.id,
-        instance_version.c.instance_id,
-        instance.c.sop_instance_uid,
-        instance.c.sop_class_uid,
-        instance.c.instance_number,
-        series.c.series_instance_uid,
-        series.c.series_number,
-        inspection.c.study_instance_uid,
-        instance_version.c.object_key,
-        instance_version.c.dataset_sha256,
-        instance_version.c.file_meta_sha256,
-        instance_version.c.dataset_offset,
-        instance_version.c.size,
-        instance_version.c.transfer_syntax_uid,
-        instance_version.c.received_at,
-    )
-    try:
-        with read_transaction(archive.engine) as conn:
-            for start in range(0, len(wanted), 300):
-                chunk = wanted[start : start + 300]
-                query = (
-                    select(*columns)
-                    .join(instance, instance.c.current_version_id == instance_version.c.id)
-                    .join(series, series.c.id == instance.c.series_id)
-                    .join(inspection, inspection.c.id == series.c.inspection_id)
-                    .where(
-                        or_(
-                            instance.c.sop_instance_uid.in_(chunk),
-                            series.c.series_instance_uid.in_(chunk),
-                            inspection.c.study_instance_uid.in_(chunk),
-                        )
-                    )
-                )
-                for row in conn.execute(query):
-                    rows[row.sop_instance_uid] = row
-                    named.update({row.sop_instance_uid, row.series_instance_uid, row.study_instance_uid})
-    except Exception as exc:
-        raise ResourceUnavailable(f"index unavailable: {exc}") from exc
-    ordered = sorted(
-        rows.values(),
-        key=lambda r: (
-            r.study_instance_uid,
-            r.series_number if r.series_number is not None else 0,
-            r.series_instance_uid,
-            r.instance_number if r.instance_number is not None else 0,
-            r.sop_instance_uid,
-        ),
-    )
-    items = [
-        Outgoing(
-            VersionRow(
-                id=int(r.id),
-                instance_id=int(r.instance_id),
-                sop_instance_uid=r.sop_instance_uid,
-                object_key=r.object_key,
-                dataset_sha256=r.dataset_sha256,
-                file_meta_sha256=r.file_meta_sha256,
-                dataset_offset=int(r.dataset_offset),
-                size=int(r.size),
-                transfer_syntax_uid=r.transfer_syntax_uid,
-                received_at=r.received_at,
-                is_current=True,
-            ),
-            str(r.sop_class_uid or ""),
-        )
-        for r in ordered
-    ]
-    return items, [u for u in wanted if u not in named]
-
-
 def send(
     archive: Archive,
     node: Node,
-    items: Sequence[Outgoing],
+    items: Sequence[RetrieveItem],
     on_result: Callable[[SendResult], None] | None = None,
 ) -> list[SendResult]:
     """C-STORE ``items`` to ``node``; one result per item, in order.
@@ -624,19 +482,19 @@ def send(
     return results
 
 
-def _contexts_for(items: Sequence[Outgoing]) -> list[PresentationContext]:
+def _contexts_for(items: Sequence[RetrieveItem]) -> list[PresentationContext]:
     """Per SOP class: a context per stored transfer syntax (accepted only if the peer takes that
     syntax, so the original goes untouched), and one with the uncompressed syntaxes as fallback."""
-    pairs = dict.fromkeys((i.sop_class_uid, i.transfer_syntax) for i in items)
+    pairs = dict.fromkeys((i.sop_class_uid, i.transfer_syntax_uid) for i in items)
     classes = dict.fromkeys(i.sop_class_uid for i in items)
     contexts = [build_context(sop, [ts]) for sop, ts in pairs]
     contexts += [build_context(sop, list(UNCOMPRESSED_LE)) for sop in classes]
     return contexts
 
 
-def _batches(items: Sequence[Outgoing]) -> Iterator[list[Outgoing]]:
+def _batches(items: Sequence[RetrieveItem]) -> Iterator[list[RetrieveItem]]:
     """Groups whose contexts fit one association (at most 128), in the given order."""
-    batch: list[Outgoing] = []
+    batch: list[RetrieveItem] = []
     for item in items:
         if batch and len(_contexts_for([*batch, item])) > MAX_CONTEXTS:
             yield batch
@@ -649,7 +507,7 @@ def _batches(items: Sequence[Outgoing]) -> Iterator[list[Outgoing]]:
 def _send_batch(
     archive: Archive,
     node: Node,
-    batch: Sequence[Outgoing],
+    batch: Sequence[RetrieveItem],
     staging: Path,
     done: Callable[[SendResult], None],
 ) -> None:
@@ -663,16 +521,16 @@ def _send_batch(
 
 
 def _send_one(
-    archive: Archive, assoc: Association, item: Outgoing, accepted: set[tuple[str, str]], staging: Path
+    archive: Archive, assoc: Association, item: RetrieveItem, accepted: set[tuple[str, str]], staging: Path
 ) -> SendResult:
     uid = item.sop_instance_uid
-    sop, stored = item.sop_class_uid, item.transfer_syntax
+    sop, stored = item.sop_class_uid, item.transfer_syntax_uid
     offered = {ts for cx_sop, ts in accepted if cx_sop == sop}
     if not offered:
         return SendResult(uid, reason=f"the peer accepted no presentation context for {UID(sop).name}")
     try:
         target = choose_transfer_syntax(stored, offered)
-        with local_copy(archive, item, staging) as path:
+        with archive.retrieve.local_file(item, staging) as path:
             if target == stored:
                 response = assoc.send_c_store(path)  # the stored bytes, in chunks
             else:
@@ -686,68 +544,6 @@ def _send_one(
     if not result.ok and not result.reason:
         result.reason = f"status 0x{status:04X}" if status is not None else "no response"
     return result
-
-
-@contextmanager
-def local_copy(archive: Archive, item: Outgoing, staging: Path) -> Iterator[Path]:
-    """A local Part 10 file of the stored instance, with a complete file meta (pynetdicom sends
-    from one and needs the Media Storage SOP Class/Instance UIDs in it).
-
-    A store that hands out real files (the filesystem store) is read in place when the stored file
-    meta is complete; otherwise (S3, or an imported file with a sparse file meta) the dataset bytes
-    are copied behind a fresh file meta into ``staging``, checked against their SHA-256 on the way.
-    """
-    version = item.version
-    with archive.retrieve.open(version) as stored:
-        name = getattr(stored, "name", None)
-        if isinstance(name, str) and os.path.isfile(name) and _meta_complete(Path(name)):
-            yield Path(name)
-            return
-        staging.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix="send-", suffix=".dcm", dir=staging)
-        path = Path(tmp)
-        try:
-            with os.fdopen(fd, "wb") as out:
-                out.write(b"\0" * 128 + b"DICM")
-                meta = FileMetaDataset()
-                meta.MediaStorageSOPClassUID = UID(item.sop_class_uid)
-                meta.MediaStorageSOPInstanceUID = UID(item.sop_instance_uid)
-                meta.TransferSyntaxUID = UID(item.transfer_syntax)
-                meta.ImplementationClassUID = UID(IMPLEMENTATION_CLASS_UID)
-                meta.ImplementationVersionName = IMPLEMENTATION_VERSION_NAME
-                write_file_meta_info(out, meta, enforce_standard=True)  # type: ignore[arg-type]
-                _skip(stored, version.dataset_offset)
-                digest = hashlib.sha256()
-                while chunk := stored.read(1 << 20):
-                    digest.update(chunk)
-                    out.write(chunk)
-            if digest.hexdigest() != version.dataset_sha256:
-                raise ResourceUnavailable(
-                    f"the stored object {version.object_key} does not match its SHA-256 (run `pacs fsck`)"
-                )
-            yield path
-        finally:
-            path.unlink(missing_ok=True)
-
-
-def _meta_complete(path: Path) -> bool:
-    from pynetdicom.dsutils import split_dataset
-
-    try:
-        meta, _ = split_dataset(path)
-    except Exception:
-        return False
-    return all(
-        k in meta for k in ("MediaStorageSOPClassUID", "MediaStorageSOPInstanceUID", "TransferSyntaxUID")
-    )
-
-
-def _skip(f: Any, n: int) -> None:
-    while n > 0:
-        chunk = f.read(min(n, 1 << 20))
-        if not chunk:
-            raise ResourceUnavailable("the stored object is shorter than its file meta")
-        n -= len(chunk)
 
 
 # -- C-GET SCU ------------------------------------------------------------------------------------
@@ -956,7 +752,6 @@ def _with_progress(
 
 __all__ = [
     "GET_SOP_CLASSES",
-    "Outgoing",
     "PeerError",
     "RetrieveReport",
     "SendResult",
@@ -967,7 +762,6 @@ __all__ = [
     "find",
     "get",
     "move",
-    "resolve_for_send",
     "retrieve_identifiers",
     "send",
 ]

@@ -26,12 +26,10 @@ from dicom_nodes.spool import Spooler
 from dicom_nodes.transport import RequestHandler
 from pacs.archive import Archive
 from pacs.config import Settings, split_peer
+from pacs.dicom import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 
 log = logging.getLogger(__name__)
 
-#: Our implementation class UID (PS3.7 D.3.3.2), a UUID-derived UID (PS3.5 B.2) fixed for the project.
-IMPLEMENTATION_CLASS_UID = "2.25.160544309812356467651339735329302712049"
-IMPLEMENTATION_VERSION_NAME = "NDT_ARCHIVE_01"
 UNCOMPRESSED = ("1.2.840.10008.1.2.1", "1.2.840.10008.1.2", "1.2.840.10008.1.2.2")
 storage_sop_classes = store.storage_sop_classes  # re-exported: docs and tests list them from here
 

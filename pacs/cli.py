@@ -470,7 +470,7 @@ def _send(settings: Settings, args: argparse.Namespace) -> int:
         node = _peer(archive, args.node, "send")
         if node is None:
             return EXIT_USAGE
-        items, unknown = scu.resolve_for_send(archive, args.uids)
+        items, unknown = archive.retrieve.resolve_uids(args.uids)
         if unknown:
             for uid in unknown:
                 print(f"pacs send: not in the archive: {uid}", file=sys.stderr)

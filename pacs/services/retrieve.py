@@ -3,22 +3,26 @@ C-MOVE / C-GET retrieve to the current versions it sends."""
 
 from __future__ import annotations
 
-import io
+import hashlib
 import logging
 import os
-import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from sqlalchemy import select
+from pydicom.dataset import FileMetaDataset
+from pydicom.filereader import read_file_meta_info
+from pydicom.filewriter import write_file_meta_info
+from pydicom.uid import UID
+from sqlalchemy import or_, select
 from sqlalchemy.exc import SQLAlchemyError
 
+from pacs.dicom import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from pacs.dicom.retrieve_keys import RetrieveRequest
-from pacs.errors import NotFound, ResourceUnavailable
+from pacs.errors import NotFound, PacsError, ResourceUnavailable
 from pacs.index.database import read_transaction
 from pacs.index.repository import IndexRepository, VersionRow
 from pacs.index.schema import component, inspection, instance, instance_version, series
@@ -100,77 +104,135 @@ class RetrieveService:
                 conditions.append(column == uids[0])
             elif uids:
                 listed = (column, uids)  # only the key at the level may be a list
-        query = (
-            select(
-                instance.c.sop_class_uid,
-                instance.c.instance_number,
-                series.c.series_instance_uid,
-                series.c.series_number,
-                inspection.c.study_instance_uid,
-                *_VERSION_COLUMNS,
+        query = _ITEMS.where(*conditions)
+        if listed is None:
+            rows = self._rows([query])
+        else:
+            column, uids = listed
+            rows = self._rows(query.where(column.in_(chunk)) for chunk in _chunks(uids))
+        return _items(rows)
+
+    def resolve_uids(self, uids: Sequence[str]) -> tuple[list[RetrieveItem], list[str]]:
+        """The current versions of every instance that ``uids`` name, each a SOP Instance, Series
+        or Study Instance UID, in the order of :meth:`resolve`; and the UIDs that name nothing.
+        Reads the index only."""
+        wanted = list(dict.fromkeys(u.strip() for u in uids if u.strip()))
+        query = _ITEMS
+        rows = self._rows(
+            query.where(
+                or_(
+                    instance.c.sop_instance_uid.in_(chunk),
+                    series.c.series_instance_uid.in_(chunk),
+                    inspection.c.study_instance_uid.in_(chunk),
+                )
             )
-            .select_from(
-                instance.join(instance_version, instance_version.c.id == instance.c.current_version_id)
-                .join(series, series.c.id == instance.c.series_id)
-                .join(inspection, inspection.c.id == series.c.inspection_id)
-                .join(component, component.c.id == inspection.c.component_id)
-            )
-            .where(*conditions)
+            for chunk in _chunks(wanted)
         )
+        named: set[str] = set()
+        for row in rows:
+            named.update((row.sop_instance_uid, row.series_instance_uid, row.study_instance_uid))
+        return _items(rows), [u for u in wanted if u not in named]
+
+    def _rows(self, queries: Iterable[Any]) -> list[Any]:
+        """The rows of ``queries`` in one read transaction, each instance once."""
         rows: dict[int, Any] = {}
         try:
             with read_transaction(self.index.engine) as conn:
-                if listed is None:
+                for query in queries:
                     rows.update((row.id, row) for row in conn.execute(query))
-                else:
-                    column, uids = listed
-                    for start in range(0, len(uids), _IN_CHUNK):
-                        chunk = list(uids[start : start + _IN_CHUNK])
-                        rows.update((row.id, row) for row in conn.execute(query.where(column.in_(chunk))))
         except SQLAlchemyError as exc:
             raise ResourceUnavailable(f"index unavailable: {getattr(exc, 'orig', None) or exc}") from exc
-        ordered = sorted(rows.values(), key=_retrieve_order)
-        return [RetrieveItem(str(row.sop_class_uid or ""), _version(row)) for row in ordered]
+        return list(rows.values())
 
     @contextmanager
-    def local_file(self, version: VersionRow, scratch_dir: Path | None = None) -> Iterator[Path]:
-        """A local file holding the stored Part 10 bytes of ``version``, for as long as the block runs.
+    def local_file(self, item: RetrieveItem, scratch_dir: Path | None = None) -> Iterator[Path]:
+        """A local Part 10 file of ``item`` with a complete file meta, for as long as the block runs.
 
-        Read through :meth:`ObjectStore.open`: when the store hands back a plain file (the filesystem
-        store), that file is used in place and nothing is copied; otherwise (S3) the object is
-        streamed to a temporary file in ``scratch_dir`` (default: the service's, else the system's
-        temporary folder) which is removed when the block ends. Use it read-only.
+        pynetdicom sends from a file and needs the Media Storage SOP Class / Instance UIDs and the
+        Transfer Syntax UID in its file meta. A store that hands out real files (the filesystem store)
+        is read in place when the stored file meta has them; otherwise (S3, or an imported file with
+        a sparse file meta) the stored dataset bytes are copied behind a fresh file meta into
+        ``scratch_dir`` (default: the service's, else the system's temporary folder), checked
+        against their SHA-256 on the way, and the copy is removed when the block ends. Read-only.
         """
-        with self.open(version) as stream:
-            raw = getattr(stream, "raw", stream)
-            name = getattr(stream, "name", None)
-            if isinstance(raw, io.FileIO) and isinstance(name, str) and os.path.isfile(name):
+        version = item.version
+        with self.open(version) as stored:
+            name = getattr(stored, "name", None)
+            if isinstance(name, str) and os.path.isfile(name) and _meta_complete(Path(name)):
                 yield Path(name)
                 return
             folder = scratch_dir or self.scratch_dir
             if folder is not None:
                 Path(folder).mkdir(parents=True, exist_ok=True)
             fd, temporary = tempfile.mkstemp(dir=folder, prefix="retrieve-", suffix=".dcm")
+            path = Path(temporary)
             try:
                 try:
                     with os.fdopen(fd, "wb") as out:
-                        shutil.copyfileobj(stream, out, _COPY_CHUNK)
-                        copied = out.tell()
+                        _copy_with_file_meta(item, stored, out)
+                except PacsError:
+                    raise
                 except Exception as exc:  # storage, HTTP or local disk errors alike
                     raise ResourceUnavailable(
                         f"cannot copy {version.sop_instance_uid} to a local file: {exc}"
                     ) from exc
-                if copied != version.size:
-                    raise ResourceUnavailable(
-                        f"object {version.object_key} of {version.sop_instance_uid} is {copied} bytes, "
-                        f"the index says {version.size} (run `pacs fsck`)"
-                    )
-                yield Path(temporary)
+                yield path
             finally:
                 try:
-                    os.unlink(temporary)
+                    path.unlink(missing_ok=True)
                 except OSError as exc:  # best effort: `pacs serve` clears the incoming folder at start
-                    log.warning("could not remove temporary copy %s: %s", temporary, exc)
+                    log.warning("could not remove temporary copy %s: %s", path, exc)
+
+
+def _copy_with_file_meta(item: RetrieveItem, stored: BinaryIO, out: BinaryIO) -> None:
+    version = item.version
+    out.write(b"\0" * 128 + b"DICM")
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = UID(item.sop_class_uid)
+    meta.MediaStorageSOPInstanceUID = UID(item.sop_instance_uid)
+    meta.TransferSyntaxUID = UID(item.transfer_syntax_uid)
+    meta.ImplementationClassUID = UID(IMPLEMENTATION_CLASS_UID)
+    meta.ImplementationVersionName = IMPLEMENTATION_VERSION_NAME
+    write_file_meta_info(out, meta, enforce_standard=True)  # type: ignore[arg-type]
+    skip = version.dataset_offset
+    while skip > 0:
+        chunk = stored.read(min(skip, _COPY_CHUNK))
+        if not chunk:
+            raise ResourceUnavailable(
+                f"object {version.object_key} of {version.sop_instance_uid} is shorter than its file meta "
+                "(run `pacs fsck`)"
+            )
+        skip -= len(chunk)
+    digest = hashlib.sha256()
+    while chunk := stored.read(_COPY_CHUNK):
+        digest.update(chunk)
+        out.write(chunk)
+    if digest.hexdigest() != version.dataset_sha256:
+        raise ResourceUnavailable(
+            f"object {version.object_key} of {version.sop_instance_uid} does not match its SHA-256 "
+            "(run `pacs fsck`)"
+        )
+
+
+def _meta_complete(path: Path) -> bool:
+    try:
+        meta = read_file_meta_info(path)
+    except Exception:
+        return False
+    return all(
+        k in meta for k in ("MediaStorageSOPClassUID", "MediaStorageSOPInstanceUID", "TransferSyntaxUID")
+    )
+
+
+def _chunks(uids: Sequence[str]) -> Iterator[list[str]]:
+    for start in range(0, len(uids), _IN_CHUNK):
+        yield list(uids[start : start + _IN_CHUNK])
+
+
+def _items(rows: Iterable[Any]) -> list[RetrieveItem]:
+    return [
+        RetrieveItem(str(row.sop_class_uid or ""), _version(row)) for row in sorted(rows, key=_retrieve_order)
+    ]
 
 
 _VERSION_COLUMNS = (
@@ -184,6 +246,22 @@ _VERSION_COLUMNS = (
     instance_version.c.size,
     instance_version.c.transfer_syntax_uid,
     instance_version.c.received_at,
+)
+
+
+#: Each instance's current version with what a retrieve sorts and sends by.
+_ITEMS = select(
+    instance.c.sop_class_uid,
+    instance.c.instance_number,
+    series.c.series_instance_uid,
+    series.c.series_number,
+    inspection.c.study_instance_uid,
+    *_VERSION_COLUMNS,
+).select_from(
+    instance.join(instance_version, instance_version.c.id == instance.c.current_version_id)
+    .join(series, series.c.id == instance.c.series_id)
+    .join(inspection, inspection.c.id == series.c.inspection_id)
+    .join(component, component.c.id == inspection.c.component_id)
 )
 
 

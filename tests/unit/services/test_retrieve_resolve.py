@@ -6,6 +6,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from pydicom import dcmread
+from pydicom.dataset import FileMetaDataset
+from pydicom.filereader import read_file_meta_info
+from pydicom.filewriter import write_file_meta_info
 from sqlalchemy import create_engine
 
 from pacs.archive import Archive
@@ -13,7 +17,7 @@ from pacs.context import CallerContext
 from pacs.dicom.retrieve_keys import InformationModel, RetrieveRequest
 from pacs.errors import NotFound, ResourceUnavailable
 from pacs.index.repository import IndexRepository
-from pacs.services.retrieve import RetrieveService
+from pacs.services.retrieve import RetrieveItem, RetrieveService
 from tests.support.factories import diconde_dx, write
 
 P, S = InformationModel.PATIENT_ROOT, InformationModel.STUDY_ROOT
@@ -113,15 +117,40 @@ def test_long_uid_lists_are_queried_in_chunks(archive: Archive, stored: dict[str
     assert resolved(archive, request) == [stored["i5"]]
 
 
-def test_local_file_is_the_stored_object_and_leaves_nothing_behind(
+def item_of(archive: Archive, sop_instance_uid: str) -> RetrieveItem:
+    items, unknown = archive.retrieve.resolve_uids([sop_instance_uid])
+    assert unknown == []
+    return items[0]
+
+
+def test_resolve_uids_takes_uids_of_any_level_and_names_the_unknown(
+    archive: Archive, stored: dict[str, str]
+) -> None:
+    s = stored
+    items, unknown = archive.retrieve.resolve_uids([uid(2), s["i4"], "1.2.3.999", uid(1, 1), s["i4"]])
+    # Study 2, series 1.1 and instance 4, each instance once, in hierarchy order; the current version.
+    assert [i.sop_instance_uid for i in items] == [s[n] for n in ("i1", "i2", "i3", "i4", "i5")]
+    assert items[1].version.id == archive.retrieve.current(s["i2"]).id
+    assert unknown == ["1.2.3.999"]
+    assert archive.retrieve.resolve_uids([" ", ""]) == ([], [])
+
+
+def test_local_file_has_the_stored_dataset_behind_a_complete_file_meta(
     archive: Archive, stored: dict[str, str], backend: str, tmp_path: Path
 ) -> None:
-    version = archive.retrieve.current(stored["i1"])
+    item = item_of(archive, stored["i1"])
+    version = item.version
     with archive.retrieve.open(version) as f:
-        expected = f.read()
+        expected = f.read()[version.dataset_offset :]
     scratch = tmp_path / "scratch"
-    with archive.retrieve.local_file(version, scratch) as path:
-        assert path.read_bytes() == expected
+    with archive.retrieve.local_file(item, scratch) as path:
+        meta = read_file_meta_info(path)
+        assert meta.MediaStorageSOPInstanceUID == stored["i1"]
+        assert meta.MediaStorageSOPClassUID == item.sop_class_uid
+        assert meta.TransferSyntaxUID == item.transfer_syntax_uid
+        data = path.read_bytes()
+        assert data.endswith(expected)
+        assert dcmread(path).SOPInstanceUID == stored["i1"]
         copied = list(scratch.glob("*")) if scratch.exists() else []
     if backend == "sqlite+file":
         assert copied == []  # the object file itself, nothing copied
@@ -130,14 +159,64 @@ def test_local_file_is_the_stored_object_and_leaves_nothing_behind(
     assert not scratch.exists() or list(scratch.iterdir()) == []  # ... and removed after use
 
 
+def sparse_meta_file(tmp_path: Path, part_id: str, damage: bool = False) -> tuple[str, bytes, Path]:
+    """A Part 10 file whose file meta holds the transfer syntax only, as some imported files do:
+    its SOP Instance UID, its dataset bytes and the file."""
+    ds = diconde_dx(part_id=part_id, rows=8, columns=8)
+    raw = write(ds, tmp_path / f"{part_id}-full.dcm").read_bytes()
+    meta_end = 144 + int.from_bytes(raw[140:144], "little")  # after (0002,0000) Group Length's value
+    dataset = raw[meta_end:]
+    meta = FileMetaDataset()
+    meta.TransferSyntaxUID = ds.file_meta.TransferSyntaxUID
+    path = tmp_path / f"{part_id}.dcm"
+    with path.open("wb") as out:
+        out.write(b"\0" * 128 + b"DICM")
+        write_file_meta_info(out, meta, enforce_standard=False)  # type: ignore[arg-type]
+        out.write(dataset)
+    return str(ds.SOPInstanceUID), dataset, path
+
+
+def test_a_stored_file_meta_without_media_storage_uids_is_completed_in_a_copy(
+    archive: Archive, tmp_path: Path
+) -> None:
+    """pynetdicom sends from a file only when its file meta names the SOP class and instance."""
+    sop_instance_uid, dataset, path = sparse_meta_file(tmp_path, "SPARSE")
+    archive.ingest.ingest_file(path, IMPORT)
+    item = item_of(archive, sop_instance_uid)
+    scratch = tmp_path / "scratch"
+    with archive.retrieve.local_file(item, scratch) as local:
+        assert local.parent == scratch  # a copy on every backend
+        assert read_file_meta_info(local).MediaStorageSOPInstanceUID == sop_instance_uid
+        assert local.read_bytes().endswith(dataset)
+    assert list(scratch.iterdir()) == []
+
+
+def test_a_copy_whose_dataset_does_not_match_its_hash_is_refused(archive: Archive, tmp_path: Path) -> None:
+    sop_instance_uid, _, path = sparse_meta_file(tmp_path, "DAMAGED")
+    archive.ingest.ingest_file(path, IMPORT)
+    item = item_of(archive, sop_instance_uid)
+    damaged = bytearray(path.read_bytes())
+    damaged[-1] ^= 0xFF  # the same size, other bytes: found only by the hash
+    path.write_bytes(bytes(damaged))
+    archive.store.delete(item.version.object_key)
+    archive.store.put_file(item.version.object_key, path)
+    scratch = tmp_path / "scratch"
+    with (
+        pytest.raises(ResourceUnavailable, match=f"{sop_instance_uid} does not match its SHA-256"),
+        archive.retrieve.local_file(item, scratch),
+    ):
+        pass
+    assert list(scratch.iterdir()) == []
+
+
 def test_local_file_of_a_missing_object_is_not_found(
     archive: Archive, stored: dict[str, str], tmp_path: Path
 ) -> None:
-    version = archive.retrieve.current(stored["i1"])
-    archive.store.delete(version.object_key)
+    item = item_of(archive, stored["i1"])
+    archive.store.delete(item.version.object_key)
     with (
         pytest.raises(NotFound, match="missing from the store"),
-        archive.retrieve.local_file(version, tmp_path),
+        archive.retrieve.local_file(item, tmp_path),
     ):
         pass
 
