@@ -133,7 +133,19 @@ def handle_move(event: Event, archive: Archive, scratch_dir: Path) -> Iterator[A
         "evt_handlers": [(evt.EVT_ACCEPTED, on_accepted)],
     }
     yield node.host, node.port, kwargs
-    yield len(items)
+    try:
+        yield len(items)
+    except GeneratorExit:
+        # pynetdicom gave up before the first sub-operation: it answers 0xA801 without a comment
+        # when the destination cannot be reached or refuses the association; say which and why here.
+        if items and not sub_association:
+            log.error(
+                "C-MOVE from %s: destination %s did not accept an association (down, or refused us); "
+                "answered 0xA801",
+                ctx.describe(),
+                node.describe(),
+            )
+        raise
 
     def accepted(sop_class_uid: str) -> list[str]:
         return accepted_transfer_syntaxes(sub_association[0], sop_class_uid) if sub_association else []

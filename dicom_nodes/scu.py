@@ -80,7 +80,8 @@ from dicom_nodes.transport import tune
 from pacs.archive import Archive
 from pacs.config import Settings
 from pacs.context import CallerContext
-from pacs.dicom import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
+from pacs.dicom import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME, retrieve_keys
+from pacs.dicom.retrieve_keys import InformationModel
 from pacs.dicom.transcode import TranscodeError, choose_transfer_syntax, prepare
 from pacs.errors import InvalidObject, ObjectMismatch, PacsError, ResourceUnavailable
 from pacs.index.nodes import Node
@@ -94,14 +95,9 @@ MAX_CONTEXTS = 128  # presentation context IDs are odd numbers 1..255 (PS3.8 9.3
 SUCCESS = 0x0000
 PROCESSING_FAILURE = 0x0110
 
-LEVELS = {"study": ("STUDY", "SERIES", "IMAGE"), "patient": ("PATIENT", "STUDY", "SERIES", "IMAGE")}
+LEVELS = {"study": InformationModel.STUDY_ROOT.levels, "patient": InformationModel.PATIENT_ROOT.levels}
 #: The unique key of each level (PS3.4 C.3); a hierarchical request names those of the levels above.
-UNIQUE_KEYS = {
-    "PATIENT": "PatientID",
-    "STUDY": "StudyInstanceUID",
-    "SERIES": "SeriesInstanceUID",
-    "IMAGE": "SOPInstanceUID",
-}
+UNIQUE_KEYS = {level: keyword for level, (_, keyword) in retrieve_keys.UNIQUE_KEYS.items()}
 _MODELS = {
     ("study", "find"): StudyRootQueryRetrieveInformationModelFind,
     ("study", "get"): StudyRootQueryRetrieveInformationModelGet,
@@ -464,7 +460,7 @@ def send(
     # they are (datasets to re-encode are passed as Dataset objects).
     _config.STORE_SEND_CHUNKED_DATASET = True
     results: list[SendResult] = []
-    staging = archive.settings.data_dir / "outgoing"
+    staging = archive.settings.incoming_dir  # emptied when `pacs serve` starts
 
     def done(result: SendResult) -> None:
         results.append(result)

@@ -491,7 +491,7 @@ def _send(settings: Settings, args: argparse.Namespace) -> int:
     sent = len(results) - len(failed)
     print(
         f"sent {sent} of {len(results)} instances to {node.describe()}: "
-        f"{sent - transcoded} in their stored transfer syntax, {transcoded} decompressed, "
+        f"{sent - transcoded} in their stored transfer syntax, {transcoded} transcoded, "
         f"{len(failed)} failed"
     )
     return EXIT_PROBLEMS if failed else EXIT_OK

@@ -28,7 +28,7 @@ def split_peer(entry: str) -> tuple[str, str | None]:
 
 
 class NodeSetting(BaseModel):
-    """A DICOM node in the configuration file (``[[nodes]]``); registered when ``pacs serve`` starts."""
+    """A DICOM node in the configuration file (``[[pacs.nodes]]``); registered when ``pacs serve`` starts."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -172,7 +172,14 @@ def load_settings(overrides: dict[str, Any] | None = None, config_file: Path | N
             raise ConfigError(f"cannot read configuration file {path}: {exc}") from exc
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"configuration file {path} is not valid TOML: {exc}") from exc
-        file_values = file_values.get("pacs", file_values)
+        if "pacs" in file_values:
+            outside = sorted(set(file_values) - {"pacs"})
+            if outside:
+                raise ConfigError(
+                    f"configuration file {path}: {', '.join(outside)} outside the [pacs] table "
+                    f"(write [pacs.{outside[0]}] or [[pacs.{outside[0]}]])"
+                )
+            file_values = file_values["pacs"]
         unknown = set(file_values) - set(Settings.model_fields)
         if unknown:
             raise ConfigError(f"configuration file {path}: unknown settings {', '.join(sorted(unknown))}")

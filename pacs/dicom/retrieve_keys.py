@@ -36,7 +36,7 @@ SOP_INSTANCE_UID = 0x00080018
 LEVELS = ("PATIENT", "STUDY", "SERIES", "IMAGE")
 
 # The unique key of each level, top down (PS3.4 C.6.1.1 / C.6.2.1).
-_UNIQUE_KEYS: dict[str, tuple[int, str]] = {
+UNIQUE_KEYS: dict[str, tuple[int, str]] = {
     "PATIENT": (PATIENT_ID, "PatientID"),
     "STUDY": (STUDY_INSTANCE_UID, "StudyInstanceUID"),
     "SERIES": (SERIES_INSTANCE_UID, "SeriesInstanceUID"),
@@ -93,7 +93,7 @@ def parse_retrieve_identifier(identifier: Dataset, model: InformationModel) -> R
     depth = model.levels.index(level)
     values: dict[str, tuple[str, ...]] = {}
     for position, name in enumerate(model.levels):
-        tag, keyword = _UNIQUE_KEYS[name]
+        tag, keyword = UNIQUE_KEYS[name]
         if position > depth:
             if _raw_text(identifier, tag, keyword):
                 raise InvalidIdentifier(f"{keyword} {_tag(tag)} not allowed at {level} level", tag)

@@ -12,7 +12,7 @@ Hierarchical rules (PS3.4 C.4.1.2.1, baseline behaviour, no relational queries):
 * Query/Retrieve Level (0008,0052) is present and is a level of the information model
   (the Study Root model has no PATIENT level);
 * the unique key of every level above the query level is present with a single value (a list of
-  UIDs for UID keys is accepted too, as for C-MOVE);
+  UIDs for UID keys is accepted too);
 * a key of a level below the query level may only be universal: it is returned empty;
 * keys of the query level and above are matched (beyond the baseline, which matches only unique
   keys above the query level: a superset that never changes which entity a baseline query finds).

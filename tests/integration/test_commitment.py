@@ -32,7 +32,6 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 )
 from sqlalchemy import text
 
-from dicom_nodes import commitment
 from dicom_nodes.server import SERVICES
 from pacs.archive import Archive
 from pacs.index.database import create_index_engine
@@ -89,7 +88,7 @@ class Reports:
 
 @pytest.fixture
 def node(archive: Archive) -> Iterator[RunningNode]:
-    running = start_dicom_node(archive, services=[*SERVICES, commitment.register])
+    running = start_dicom_node(archive, services=SERVICES)
     yield running
     running.node.stop(grace=5)  # type: ignore[attr-defined]
 

@@ -29,7 +29,6 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     StudyRootQueryRetrieveInformationModelFind,
 )
 
-from dicom_nodes import find
 from dicom_nodes.server import SERVICES
 from pacs.archive import Archive, open_archive
 from pacs.config import load_settings
@@ -146,7 +145,7 @@ def served(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
     archive = open_archive(load_settings(values))
     for number, ds in enumerate(_scans()):
         archive.ingest.ingest_file(write(ds, folder / f"{number}.dcm"), CTX)
-    node = start_dicom_node(archive, services=[*SERVICES, find.register])
+    node = start_dicom_node(archive, services=SERVICES)
     try:
         yield Served(archive, node, folder)
     finally:
@@ -537,7 +536,7 @@ def _many_inspections(archive: Archive) -> None:
 @pytest.fixture
 def crowded(archive: Archive) -> Iterator[RunningNode]:
     _many_inspections(archive)
-    node = start_dicom_node(archive, services=[*SERVICES, find.register])
+    node = start_dicom_node(archive, services=SERVICES)
     yield node
     node.node.stop(grace=5)  # type: ignore[attr-defined]
 
@@ -587,7 +586,7 @@ def test_findscu_cancel(crowded: RunningNode, tmp_path: Path) -> None:
 # -- the index is gone ----------------------------------------------------------------------------
 def test_index_unavailable_gives_out_of_resources(archive: Archive, request: pytest.FixtureRequest) -> None:
     """A C-FIND while the database is gone is refused with 0xA700 (a retry may succeed), not a crash."""
-    node = start_dicom_node(archive, services=[*SERVICES, find.register])
+    node = start_dicom_node(archive, services=SERVICES)
     try:
         archive.engine.dispose()
         if archive.engine.dialect.name == "sqlite":

@@ -13,7 +13,9 @@ the archive's node, in this process, makes pynetdicom receive every C-STORE into
 
 from __future__ import annotations
 
+import gc
 import io
+import logging
 import multiprocessing
 import os
 import struct
@@ -50,6 +52,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     PatientRootQueryRetrieveInformationModelMove,
     StudyRootQueryRetrieveInformationModelGet,
     StudyRootQueryRetrieveInformationModelMove,
+    Verification,
 )
 
 from dicom_nodes import move
@@ -155,7 +158,6 @@ def movescu(
 
 
 def start_node(archive: Archive) -> RunningNode:
-    # Once move and get are in SERVICES (the maintainer adds them), they are not registered twice.
     return start_dicom_node(archive, services=SERVICES)
 
 
@@ -474,7 +476,7 @@ def identifier(keys: dict[str, str]) -> Dataset:
 @contextmanager
 def mover(node: RunningNode) -> Iterator[Any]:
     ae = AE(ae_title="MOVER")
-    for uid in (*MOVE_MODELS.values(), *GET_MODELS.values()):
+    for uid in (*MOVE_MODELS.values(), *GET_MODELS.values(), Verification):
         ae.add_requested_context(uid)
     assoc = ae.associate(node.host, node.port, ae_title=node.ae_title)
     assert assoc.is_established
@@ -503,6 +505,21 @@ def test_unknown_and_tls_destinations_get_0xA801_with_a_reason(
     # DCMTK's mover reads the same status.
     result = movescu(node, "S", "NOBODY", keys)
     assert "MoveDestinationUnknown" in result.stdout + result.stderr
+
+
+def test_a_registered_destination_that_is_down_gets_0xA801_and_the_log_names_it(
+    archive: Archive, stored: Stored, node: RunningNode, caplog: pytest.LogCaptureFixture
+) -> None:
+    archive.nodes.add(Node("ASLEEP", "127.0.0.1", free_port()))  # nothing listens there
+    keys = {"QueryRetrieveLevel": "STUDY", "StudyInstanceUID": stored["SA1"]}
+    with caplog.at_level(logging.ERROR, logger="dicom_nodes.move"), mover(node) as assoc:
+        down = send_move(assoc, "S", "ASLEEP", keys)
+        gc.collect()  # pynetdicom drops the handler's generator; closing it writes the log line
+        echo = assoc.send_c_echo()
+    assert down.status == 0xA801
+    assert echo.Status == 0x0000  # the association and the node go on
+    messages = [r.getMessage() for r in caplog.records]
+    assert any("ASLEEP" in m and "did not accept an association" in m for m in messages)
 
 
 def test_instances_the_destination_refuses_are_listed_as_failed(

@@ -292,7 +292,7 @@ def test_send_keeps_the_stored_bytes_when_the_peer_accepts_the_stored_syntax(
     assert result.returncode == 0, result.stdout + result.stderr
     assert last_line(result) == (
         f"sent 4 of 4 instances to STORESCP@127.0.0.1:{storescp_all.port}: "
-        "4 in their stored transfer syntax, 0 decompressed, 0 failed"
+        "4 in their stored transfer syntax, 0 transcoded, 0 failed"
     )
     assert "sending to STORESCP" in result.stderr  # the progress bar
     received = storescp_all.received()
@@ -319,7 +319,7 @@ def test_send_decompresses_for_a_peer_that_takes_only_uncompressed(
     result = pacs(settings, "send", "STORESCP", dx_uid, str(us.SeriesInstanceUID))
 
     assert result.returncode == 0, result.stdout + result.stderr
-    assert last_line(result).endswith("0 in their stored transfer syntax, 2 decompressed, 0 failed")
+    assert last_line(result).endswith("0 in their stored transfer syntax, 2 transcoded, 0 failed")
     received = storescp_uncompressed.received()
     for uid, original in ((dx_uid, dx), (us_uid, us)):
         written = pydicom.dcmread(received[uid])
@@ -592,7 +592,6 @@ class RemoteArchive:
 def remote_archive(archive: Archive, tmp_path: Path) -> Iterator[RemoteArchive]:
     """Another archive (SQLite + files) serving C-FIND, C-GET and C-MOVE in this process, holding a
     JPEG 2000 radiograph and an RLE ultrasound scan; registered in the archive under test as REMOTE."""
-    from dicom_nodes import find, get, move
     from dicom_nodes.server import SERVICES
     from pacs.archive import open_archive
     from pacs.config import load_settings
@@ -605,7 +604,7 @@ def remote_archive(archive: Archive, tmp_path: Path) -> Iterator[RemoteArchive]:
         ingest(remote, diconde_dx(part_id="REMOTE-1", study_uid=study, seed=7), tmp_path, JPEG2000Lossless),
         ingest(remote, us_multiframe(part_id="REMOTE-1", study_uid=study), tmp_path, RLELossless),
     ]
-    services = [*SERVICES, *(m.register for m in (find, get, move) if m.register not in SERVICES)]
+    services = SERVICES
     running = start_dicom_node(remote, remote_settings, services)
     archive.nodes.add(Node("REMOTE", running.host, running.port))
     try:

@@ -184,3 +184,26 @@ def test_invalid_toml_is_refused(tmp_path: Path) -> None:
 def test_missing_config_file_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="cannot read configuration file"):
         load_settings(config_file=tmp_path / "absent.toml")
+
+
+def test_nodes_in_the_pacs_table_are_read(tmp_path: Path) -> None:
+    config = write_toml(
+        tmp_path / "pacs.toml",
+        '[pacs]\nae_title = "LAB_A"\n\n[[pacs.nodes]]\nae_title = "VIEWER_1"\nhost = "viewer1.example"\n'
+        "port = 11112\n",
+    )
+    settings = load_settings(config_file=config)
+    assert [(n.ae_title, n.host, n.port, n.tls) for n in settings.nodes] == [
+        ("VIEWER_1", "viewer1.example", 11112, False)
+    ]
+
+
+def test_a_table_beside_the_pacs_table_is_refused_not_ignored(tmp_path: Path) -> None:
+    """`[[nodes]]` after `[pacs]` is a top-level table TOML keeps apart from the settings."""
+    config = write_toml(
+        tmp_path / "pacs.toml",
+        '[pacs]\nae_title = "LAB_A"\n\n[[nodes]]\nae_title = "VIEWER_1"\nhost = "viewer1.example"\n'
+        "port = 104\n",
+    )
+    with pytest.raises(ConfigError, match=r"nodes outside the \[pacs\] table \(write \[pacs.nodes\]"):
+        load_settings(config_file=config)
