@@ -5,10 +5,17 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 
 import pacs
+from api import metrics
+from api.dicomweb import qido, rendered, stow, uri, wado
+from api.rest import nodes, parts, system
 from pacs.archive import Archive
+
+DICOMWEB = "/dicom-web"
+REST = "/api"
 
 
 def create_app(archive: Archive) -> FastAPI:
@@ -18,6 +25,22 @@ def create_app(archive: Archive) -> FastAPI:
         description="Archive for industrial NDT images (DICONDE): DICOM and DICOMweb.",
     )
     app.state.archive = archive
+    if archive.settings.cors_allowed_origins:
+        # A viewer served elsewhere (OHIF, say) calls DICOMweb with a bearer token: no cookies.
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=list(archive.settings.cors_allowed_origins),
+            allow_methods=["GET", "POST", "PUT", "DELETE", "OPTIONS"],
+            allow_headers=["Authorization", "Accept", "Content-Type"],
+            expose_headers=["Content-Type", "Content-Length", "Warning", "X-Total-Count"],
+            allow_credentials=False,
+            max_age=600,
+        )
+    for module in (qido, wado, rendered, stow, uri):
+        app.include_router(module.router, prefix=DICOMWEB, tags=["DICOMweb"])
+    for module in (parts, nodes, system):
+        app.include_router(module.router, prefix=REST)
+    app.include_router(metrics.router, tags=["operations"])
 
     @app.get("/health", tags=["operations"], summary="Is the archive able to store and serve?")
     def health() -> JSONResponse:

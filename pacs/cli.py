@@ -55,6 +55,11 @@ _CONFIG_FLAGS: list[tuple[str, str, dict[str, Any]]] = [
         {"help": "comma-separated calling AE titles (AE or AE@host); empty = any"},
     ),
     ("--max-associations", "max_associations", {"type": int, "help": "concurrent associations (64)"}),
+    (
+        "--cors-allowed-origins",
+        "cors_allowed_origins",
+        {"help": "comma-separated origins whose web pages may call the HTTP API (e.g. https://ohif.example)"},
+    ),
     ("--log-level", "log_level", {"help": "DEBUG, INFO, WARNING, ERROR"}),
 ]
 

@@ -68,6 +68,10 @@ class Settings(BaseSettings):
         default_factory=list, description="calling AE titles (AE or AE@host) allowed; empty = any"
     )
     max_associations: int = Field(64, ge=1, description="concurrent associations, all workers together")
+    cors_allowed_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="origins (scheme://host[:port]) whose web pages may call the HTTP API; empty = none",
+    )
     nodes: list[NodeSetting] = Field(
         default_factory=list, description="DICOM nodes (C-MOVE destinations, peers) to register at start"
     )
@@ -89,7 +93,7 @@ class Settings(BaseSettings):
     def _valid_ae_title(cls, value: str) -> str:
         return validate_ae_title(value, "ae_title")
 
-    @field_validator("allowed_peers", mode="before")
+    @field_validator("allowed_peers", "cors_allowed_origins", mode="before")
     @classmethod
     def _split_peers(cls, value: Any) -> Any:
         if isinstance(value, str):

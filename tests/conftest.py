@@ -28,6 +28,7 @@ from pacs.config import Settings, load_settings
 from pacs.index import migrate
 from pacs.index.database import create_index_engine
 from tests.support.seaweed import SeaweedS3
+from tests.support.web import RunningWeb, running_web
 
 POSTGRES_URL = os.environ.get("PACS_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
 BACKENDS = ["sqlite+file", "postgresql+s3"]
@@ -186,3 +187,10 @@ def dicom_node(archive: Archive) -> Iterator[RunningNode]:
     running = start_dicom_node(archive)
     yield running
     running.node.stop(grace=5)  # type: ignore[attr-defined]
+
+
+@pytest.fixture
+def web(archive: Archive) -> Iterator[RunningWeb]:
+    """The archive's HTTP face (DICOMweb, REST) on a free loopback port."""
+    with running_web(archive) as running:
+        yield running

@@ -1,0 +1,1 @@
+"""The archive's own REST API under ``/api``."""

@@ -1,0 +1,7 @@
+"""REST: parts (components) with their inspections."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+router = APIRouter()
