@@ -82,6 +82,42 @@ class RetrieveService:
         except StorageError as exc:
             raise ResourceUnavailable(f"cannot read {version.sop_instance_uid}: {exc}") from exc
 
+    def metadata(self, version: VersionRow) -> dict[str, Any]:
+        """The version's DICOM JSON (no bulk data) and pixel data layout, from the index alone:
+        ``{"dicom_json": ..., "frames": [[[offset, length], ...], ...] | None, "pixel_data_offset": ...}``."""
+        found = self.index.version_metadata(version.id)
+        if found is None:
+            raise NotFound(f"no version {version.id} of {version.sop_instance_uid}")
+        return found
+
+    def frame(self, version: VersionRow, number: int, frames: list[Any] | None = None) -> bytes:
+        """The stored bytes of frame ``number`` (1-based) by byte ranges of the object, never the whole
+        object: native pixel data as stored, or an encapsulated frame's fragment values joined (its
+        compressed bitstream). ``frames``: the layout from :meth:`metadata`, if already at hand."""
+        layout = frames if frames is not None else self.metadata(version)["frames"]
+        if not layout:
+            raise NotFound(f"{version.sop_instance_uid} has no pixel data frames")
+        if not 1 <= number <= len(layout):
+            raise NotFound(f"{version.sop_instance_uid} has {len(layout)} frame(s), not frame {number}")
+        parts = []
+        try:
+            for offset, length in layout[number - 1]:
+                chunk = self.store.read_range(version.object_key, int(offset), int(length))
+                if len(chunk) != int(length):
+                    raise ResourceUnavailable(
+                        f"object {version.object_key} of {version.sop_instance_uid} ends inside frame "
+                        f"{number} (run `pacs fsck`)"
+                    )
+                parts.append(chunk)
+        except ObjectNotFound:
+            raise NotFound(
+                f"object {version.object_key} of {version.sop_instance_uid} is missing from the store "
+                "(run `pacs fsck`)"
+            ) from None
+        except StorageError as exc:
+            raise ResourceUnavailable(f"cannot read {version.sop_instance_uid}: {exc}") from exc
+        return b"".join(parts)
+
     # -- retrieve (C-MOVE / C-GET) -------------------------------------------------------------
     def resolve(self, request: RetrieveRequest) -> list[RetrieveItem]:
         """The current versions of the instances ``request`` names, from the index alone (no object

@@ -8,8 +8,10 @@ from pathlib import Path
 import pytest
 from pydicom import dcmread
 from pydicom.dataset import FileMetaDataset
+from pydicom.encaps import generate_fragmented_frames
 from pydicom.filereader import read_file_meta_info
 from pydicom.filewriter import write_file_meta_info
+from pydicom.uid import ExplicitVRLittleEndian, RLELossless
 from sqlalchemy import create_engine
 
 from pacs.archive import Archive
@@ -18,7 +20,7 @@ from pacs.dicom.retrieve_keys import InformationModel, RetrieveRequest
 from pacs.errors import NotFound, ResourceUnavailable
 from pacs.index.repository import IndexRepository
 from pacs.services.retrieve import RetrieveItem, RetrieveService
-from tests.support.factories import diconde_dx, write
+from tests.support.factories import diconde_dx, enhanced_ct, write
 
 P, S = InformationModel.PATIENT_ROOT, InformationModel.STUDY_ROOT
 IMPORT = CallerContext(via="import")
@@ -227,3 +229,26 @@ def test_index_failures_are_resource_unavailable(archive: Archive, tmp_path: Pat
     unreachable = IndexRepository(create_engine(f"sqlite:///{not_a_folder}/index.sqlite"))
     with pytest.raises(ResourceUnavailable, match="index unavailable"):
         RetrieveService(unreachable, archive.store).resolve(RetrieveRequest(P, "PATIENT", "A"))
+
+
+@pytest.mark.parametrize("syntax", [str(ExplicitVRLittleEndian), str(RLELossless)])
+def test_frame_is_read_by_byte_ranges_and_equals_the_frame_pydicom_reads(
+    archive: Archive, tmp_path: Path, syntax: str
+) -> None:
+    ds = enhanced_ct(frames=3, rows=8, columns=8)
+    path = write(ds, tmp_path / "ct.dcm", syntax)
+    archive.ingest.ingest_file(path, IMPORT)
+    version = archive.retrieve.current(ds.SOPInstanceUID)
+    layout = archive.retrieve.metadata(version)["frames"]
+    assert len(layout) == 3
+    reference = dcmread(path)
+    for number in (1, 3):
+        got = archive.retrieve.frame(version, number, layout)
+        if syntax == str(RLELossless):
+            fragments = list(generate_fragmented_frames(reference.PixelData, number_of_frames=3))
+            assert got == b"".join(fragments[number - 1])
+        else:
+            size = 8 * 8 * 2
+            assert got == reference.PixelData[(number - 1) * size : number * size]
+    with pytest.raises(NotFound, match="has 3 frame"):
+        archive.retrieve.frame(version, 4)
