@@ -194,3 +194,16 @@ def web(archive: Archive) -> Iterator[RunningWeb]:
     """The archive's HTTP face (DICOMweb, REST) on a free loopback port."""
     with running_web(archive) as running:
         yield running
+
+
+@pytest.fixture(autouse=True)
+def _pydicom_validation_modes_restored() -> Iterator[None]:
+    """dicomweb-client's file client sets pydicom's process-wide validation modes to RAISE and does
+    not restore them when the call raises; a later test would then see pydicom refuse values that
+    the archive accepts. Every test starts and ends with the modes it found."""
+    from pydicom import config
+
+    reading, writing = config.settings.reading_validation_mode, config.settings.writing_validation_mode
+    yield
+    config.settings.reading_validation_mode = reading
+    config.settings.writing_validation_mode = writing

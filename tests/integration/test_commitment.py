@@ -120,8 +120,11 @@ def device(node: RunningNode, reports: Reports) -> Iterator[Callable[[], Associa
 
     yield associate
     for assoc in opened:
-        if assoc.is_established:
+        # pynetdicom's release() waits forever for a reactor thread that has already ended.
+        if assoc.is_established and assoc.is_alive():
             assoc.release()
+        elif assoc.is_established:
+            assoc.abort()
 
 
 def store(assoc: Association, tmp_path: Path, count: int) -> list[str]:
