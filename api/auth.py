@@ -1,26 +1,119 @@
 """Authentication of HTTP requests: ``Authorization: Bearer <token>`` to a user and role.
 
 Every route declares what it needs with ``Depends(require(Permission.X))`` and gets the caller as
-a :class:`pacs.context.CallerContext`.
+a :class:`pacs.context.CallerContext`:
+
+* no token, or a token that is unknown or revoked: 401 with ``WWW-Authenticate: Bearer``;
+* a valid token whose role lacks the permission: 403 naming the role and the permission;
+* a client address with too many failed logins (:class:`pacs.security.FailedLogins`): 429 with
+  ``Retry-After``, whatever token it sends, until its failures leave the window.
+
+Each failed login is logged with the client address (never the token). A request without any token
+is not counted as a failed login: a browser's first request has none.
 """
 
 from __future__ import annotations
 
+import logging
+import threading
 from collections.abc import Callable
+from typing import Annotated, Any
 
-from fastapi import Request
+from fastapi import Depends, HTTPException, Request
+from fastapi.routing import APIRoute, RouteContext
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from starlette.applications import Starlette
 
+from api.deps import archive_of
 from pacs.context import CallerContext
-from pacs.security import Permission
+from pacs.security import FailedLogins, Permission, allows
+
+log = logging.getLogger(__name__)
+
+# auto_error=False: the answers (401 with WWW-Authenticate, 429) are ours. It also puts the bearer
+# scheme in the OpenAPI document, so /docs has an "Authorize" button.
+_bearer = HTTPBearer(auto_error=False, description="an API token from `pacs users add NAME --role ROLE`")
+_limiter_lock = threading.Lock()
 
 
-def require(permission: Permission) -> Callable[[Request], CallerContext]:
+def require(permission: Permission) -> Callable[..., CallerContext]:
     """A FastAPI dependency: the authenticated caller, if their role grants ``permission``."""
 
-    def dependency(request: Request) -> CallerContext:
-        # Placeholder until token authentication lands: every caller is let through.
+    def dependency(
+        request: Request,
+        credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+    ) -> CallerContext:
         client = request.client
-        return CallerContext(via="http", address=f"{client.host}:{client.port}" if client else None)
+        host = client.host if client else "unknown"
+        address = f"{client.host}:{client.port}" if client else None
+        limiter = failed_logins(request.app)
+        wait = limiter.retry_after(host)
+        if wait:
+            raise HTTPException(
+                429,
+                f"too many failed logins from {host}; try again in {wait} s",
+                headers={"Retry-After": str(wait)},
+            )
+        if credentials is None or not credentials.credentials:
+            raise _unauthorized("an API token is required (Authorization: Bearer TOKEN)", error=None)
+        try:
+            user = archive_of(request).users.authenticate(credentials.credentials)
+        except Exception as exc:  # the index is down: not the caller's fault, and not a failed login
+            log.error("cannot check an API token from %s: %s", host, exc)
+            raise HTTPException(503, "cannot check the API token: the index is unavailable") from None
+        if user is None:
+            limiter.failed(host)
+            log.warning(
+                "failed login from %s: unknown or revoked API token (%s %s)",
+                host,
+                request.method,
+                request.url.path,
+            )
+            raise _unauthorized("the API token is unknown or revoked", error="invalid_token")
+        if not allows(user.role, permission):
+            log.info(
+                "%s (%s) from %s refused %s %s: needs %s",
+                user.name,
+                user.role,
+                host,
+                request.method,
+                request.url.path,
+                permission,
+            )
+            raise HTTPException(403, f"role {user.role} does not grant the {permission} permission")
+        return CallerContext(via="http", user=user.name, address=address)
 
     dependency.__name__ = f"require_{permission.value}"
+    dependency.permission = permission  # type: ignore[attr-defined]  # read by required_permission
     return dependency
+
+
+def _unauthorized(detail: str, error: str | None) -> HTTPException:
+    challenge = f'Bearer realm="pacs", error="{error}"' if error else 'Bearer realm="pacs"'
+    return HTTPException(401, detail, headers={"WWW-Authenticate": challenge})
+
+
+def failed_logins(app: Starlette) -> FailedLogins:
+    """The app's failed-login counter (one per application, made on first use)."""
+    limiter: FailedLogins | None = getattr(app.state, "failed_logins", None)
+    if limiter is None:
+        with _limiter_lock:
+            limiter = getattr(app.state, "failed_logins", None)
+            if limiter is None:
+                limiter = app.state.failed_logins = FailedLogins()
+    return limiter
+
+
+def required_permission(route: APIRoute | RouteContext) -> Permission | None:
+    """The permission a route declares with ``Depends(require(...))``, found in its dependencies
+    (``dependencies=`` of the route or its router included: pass the route's
+    :class:`fastapi.routing.RouteContext` from ``iter_route_contexts(app.routes)``); None for an
+    open route."""
+    pending: list[Any] = [route.dependant]
+    while pending:
+        dependant = pending.pop()
+        permission = getattr(dependant.call, "permission", None)
+        if isinstance(permission, Permission):
+            return permission
+        pending.extend(dependant.dependencies)
+    return None

@@ -53,6 +53,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     StudyRootQueryRetrieveInformationModelMove,
 )
 
+from dicom_nodes.policy import NOT_AUTHORIZED, refusal
 from dicom_nodes.transport import tune
 
 if TYPE_CHECKING:
@@ -68,6 +69,7 @@ from pacs.dicom.retrieve_keys import (
 )
 from pacs.errors import PacsError
 from pacs.index.nodes import Node
+from pacs.security import Permission
 from pacs.services.retrieve import RetrieveItem
 
 log = logging.getLogger(__name__)
@@ -375,7 +377,8 @@ class _CheckedRetrieve(QueryRetrieveServiceClass):
         checks = _PRECHECKS.get(self.assoc.ae, {})
         check = checks.get(str(context.abstract_syntax))
         if check is not None and isinstance(req, C_MOVE | C_GET):
-            failure = _run_check(check, req, context)
+            reason = refusal(self.assoc, Permission.RETRIEVE)  # the AE's role (dicom_nodes.policy)
+            failure = Failure(NOT_AUTHORIZED, reason) if reason else _run_check(check, req, context)
             if failure is not None:
                 self._refuse(req, context, failure)
                 return

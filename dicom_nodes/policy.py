@@ -1,7 +1,18 @@
-"""Association policy: who may associate, and how many at once.
+"""Association policy: who may associate, what they may do, and how many at once.
 
-Checked when the A-ASSOCIATE-RQ arrives (``EVT_REQUESTED``), before any presentation context is
-negotiated, so a refused peer gets an A-ASSOCIATE-RJ (PS3.8 7.1.1.9) and nothing else.
+Who: checked when the A-ASSOCIATE-RQ arrives (``EVT_REQUESTED``), before any presentation context
+is negotiated, so a refused peer gets an A-ASSOCIATE-RJ (PS3.8 7.1.1.9) and nothing else.
+
+What: each ``allowed_peers`` entry (``AE``, ``AE@host``, either with ``=role``) gives the AE one of
+the archive's roles (:mod:`pacs.security`), the same as for HTTP users; the role is kept on the
+association when it is accepted. An entry without a role, and any AE when the list is empty, gets
+``admin``: every DIMSE service, as before roles existed. A request the role does not grant is
+answered with the general status 0x0124 Refused: Not Authorized (PS3.7 C.5.25) and an Error
+Comment naming the role: C-STORE and storage commitment need ``store``, C-FIND ``query``, C-MOVE
+and C-GET ``retrieve``; C-ECHO is open to every accepted AE. :func:`guard` puts the check in front
+of the C-STORE, C-FIND and N-ACTION handlers; C-MOVE and C-GET are checked by the retrieve
+precheck (:mod:`dicom_nodes.move`) through :func:`refusal`, because their handlers' generator
+protocol cannot answer with a status of its own.
 """
 
 from __future__ import annotations
@@ -9,14 +20,22 @@ from __future__ import annotations
 import ipaddress
 import logging
 import socket
-from collections.abc import Iterable, MutableSequence
+from collections.abc import Callable, Iterable, Iterator, MutableSequence, Sequence
 from typing import Any, Protocol, cast
 
+from pydicom.dataset import Dataset
 from pynetdicom import evt
 from pynetdicom.events import Event
 from pynetdicom.pdu_primitives import A_ASSOCIATE
 
+from dicom_nodes.spool import Spooler
+from pacs.config import peer_role, split_peer
+from pacs.security import Permission, Role, allows
+
 log = logging.getLogger(__name__)
+
+#: PS3.7 C.5.25 (general status, every DIMSE service): the request is not authorised.
+NOT_AUTHORIZED = 0x0124
 
 # A-ASSOCIATE-RJ (result, source, diagnostic), PS3.8 9.3.4
 REJECT_CALLING_AE = (0x01, 0x01, 0x03)  # permanent, service user, calling AE title not recognised
@@ -71,8 +90,12 @@ class AssociationLimiter:
 
 
 class AssociationPolicy:
-    def __init__(self, allowed_peers: Iterable[tuple[str, str | None]], limiter: AssociationLimiter) -> None:
-        self._allowed = [(title, _resolve(host) if host else None) for title, host in allowed_peers]
+    def __init__(self, allowed_peers: Iterable[str], limiter: AssociationLimiter) -> None:
+        """``allowed_peers``: the entries of the setting (``AE``, ``AE@host``, optionally ``=role``)."""
+        self._allowed: list[tuple[str, frozenset[str] | None, Role]] = []
+        for entry in allowed_peers:
+            title, host = split_peer(entry)
+            self._allowed.append((title, _resolve(host) if host else None, peer_role(entry)))
         self._limiter = limiter
 
     def handlers(self) -> list[tuple[Any, Any]]:
@@ -83,7 +106,8 @@ class AssociationPolicy:
         request = cast(A_ASSOCIATE, assoc.requestor.primitive)
         calling = (request.calling_ae_title or "").strip()
         address = assoc.requestor.address
-        if not self.is_allowed(calling, address):
+        role = self.role_of(calling, address)
+        if role is None:
             log.warning("association from %s@%s rejected: calling AE title not allowed", calling, address)
             self._reject(assoc, REJECT_CALLING_AE)
             return
@@ -97,6 +121,7 @@ class AssociationPolicy:
             self._reject(assoc, REJECT_LOCAL_LIMIT)
             return
         assoc._pacs_counted = True  # type: ignore[attr-defined]
+        assoc._pacs_role = role  # type: ignore[attr-defined]  # read by refusal()
 
     def on_closed(self, event: Event) -> None:
         if getattr(event.assoc, "_pacs_counted", False):
@@ -104,12 +129,25 @@ class AssociationPolicy:
             self._limiter.release()
 
     def is_allowed(self, calling_ae: str, address: str) -> bool:
+        return self.role_of(calling_ae, address) is not None
+
+    def role_of(self, calling_ae: str, address: str) -> Role | None:
+        """The role of a calling AE at ``address``; None when it may not associate at all.
+
+        An ``AE@host`` entry that matches wins over a plain ``AE`` entry of the same title, so
+        ``WS1=device`` with ``WS1@10.0.0.5=inspector`` lets only that host's WS1 query.
+        """
         if not self._allowed:
-            return True
-        for title, hosts in self._allowed:
-            if title == calling_ae and (hosts is None or _same_host(address, hosts)):
-                return True
-        return False
+            return Role.ADMIN
+        anywhere: Role | None = None
+        for title, hosts, role in self._allowed:
+            if title != calling_ae:
+                continue
+            if hosts is None:
+                anywhere = anywhere or role
+            elif _same_host(address, hosts):
+                return role
+        return anywhere
 
     @staticmethod
     def _reject(assoc: Any, reason: tuple[int, int, int]) -> None:
@@ -136,3 +174,101 @@ def _same_host(address: str, allowed: frozenset[str]) -> bool:
         return False
     mapped = getattr(ip, "ipv4_mapped", None)
     return mapped is not None and str(mapped) in allowed
+
+
+# -- what an accepted AE may do --------------------------------------------------------------------
+def refusal(assoc: Any, permission: Permission) -> str | None:
+    """Why the peer of ``assoc`` may not do what ``permission`` covers; None when it may.
+
+    An association that did not pass an :class:`AssociationPolicy` (none is installed) carries no
+    role and is not restricted.
+    """
+    role: Role | None = getattr(assoc, "_pacs_role", None)
+    if role is None or allows(role, permission):
+        return None
+    calling = (assoc.requestor.ae_title or "").strip()
+    return f"{calling} has role {role}, which does not grant {permission}"
+
+
+_PERMISSIONS = {
+    evt.EVT_C_STORE: Permission.STORE,
+    evt.EVT_C_FIND: Permission.QUERY,
+    evt.EVT_N_ACTION: Permission.STORE,  # storage commitment: a sender asks for its stored instances
+}
+
+
+def guard(handlers: Sequence[tuple[Any, ...]], spooler: Spooler | None = None) -> list[tuple[Any, ...]]:
+    """``handlers`` with the role check in front of the C-STORE, C-FIND and N-ACTION ones.
+
+    A refused C-STORE's dataset has been received already (pynetdicom calls the handler after the
+    last fragment); ``spooler`` discards the object it was streamed into.
+    """
+    guarded: list[tuple[Any, ...]] = []
+    for binding in handlers:
+        event, handler, *args = binding
+        permission = _PERMISSIONS.get(event)
+        if permission is None:
+            guarded.append(binding)
+            continue
+        if event is evt.EVT_C_FIND:
+            wrapped = _guard_find(handler, permission)
+        elif event is evt.EVT_C_STORE:
+            wrapped = _guard_store(handler, permission, spooler)
+        else:
+            wrapped = _guard_n_action(handler, permission)
+        guarded.append((event, wrapped, *args))
+    return guarded
+
+
+def _refused(event: Event, service: str, reason: str) -> Dataset:
+    requestor = event.assoc.requestor
+    log.warning(
+        "%s from %s@%s refused (0x%04X): %s",
+        service,
+        (requestor.ae_title or "").strip(),
+        requestor.address,
+        NOT_AUTHORIZED,
+        reason,
+    )
+    ds = Dataset()
+    ds.Status = NOT_AUTHORIZED
+    ds.ErrorComment = reason.replace("\\", "/")[:64]  # LO: at most 64 characters
+    return ds
+
+
+Handler = Callable[..., Any]
+
+
+def _guard_store(handler: Handler, permission: Permission, spooler: Spooler | None) -> Handler:
+    def guarded(event: Event, *args: Any) -> Any:
+        reason = refusal(event.assoc, permission)
+        if reason is None:
+            return handler(event, *args)
+        if spooler is not None:
+            spool = spooler.claim(event.dataset_path)
+            if spool is not None:
+                spool.discard()
+        return _refused(event, "C-STORE", reason)
+
+    return guarded
+
+
+def _guard_find(handler: Handler, permission: Permission) -> Handler:
+    def guarded(event: Event, *args: Any) -> Iterator[Any]:
+        reason = refusal(event.assoc, permission)
+        if reason is not None:
+            yield _refused(event, "C-FIND", reason), None
+            return
+        yield from handler(event, *args)
+
+    return guarded
+
+
+def _guard_n_action(handler: Handler, permission: Permission) -> Handler:
+    def guarded(event: Event, *args: Any) -> Any:
+        reason = refusal(event.assoc, permission)
+        if reason is None:
+            return handler(event, *args)
+        return _refused(event, "storage commitment (N-ACTION)", reason), None
+
+    return guarded

@@ -21,11 +21,11 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import ThreadedAssociationServer
 
 from dicom_nodes import commitment, find, get, move, negotiation, store
-from dicom_nodes.policy import AssociationLimiter, AssociationPolicy
+from dicom_nodes.policy import AssociationLimiter, AssociationPolicy, guard
 from dicom_nodes.spool import Spooler
 from dicom_nodes.transport import RequestHandler
 from pacs.archive import Archive
-from pacs.config import Settings, split_peer
+from pacs.config import Settings
 from pacs.dicom import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 
 log = logging.getLogger(__name__)
@@ -133,11 +133,11 @@ class DicomNode:
         registry = Registry(ae, archive, settings, spooler)
         for register in services:
             register(registry)
-        policy = AssociationPolicy((split_peer(p) for p in settings.allowed_peers), limiter)
+        policy = AssociationPolicy(settings.allowed_peers, limiter)
         handlers = [
             *policy.handlers(),
             (evt.EVT_CONN_CLOSE, spooler.on_connection_closed),
-            *registry.handlers,
+            *guard(registry.handlers, spooler),
         ]
         self.server = SharedSocketServer(ae, listening, ae.supported_contexts, handlers)
         ae._servers.append(self.server)

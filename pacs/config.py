@@ -16,15 +16,25 @@ from typing import Annotated, Any
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
 
+from pacs.security import Role, parse_role
+
 
 class ConfigError(ValueError):
     """The configuration is invalid; the message names the setting."""
 
 
 def split_peer(entry: str) -> tuple[str, str | None]:
-    """``AE`` or ``AE@host`` (an allowed calling AE title, optionally only from one host)."""
-    title, _, host = entry.partition("@")
+    """``AE`` or ``AE@host`` (an allowed calling AE title, optionally only from one host), either
+    optionally followed by ``=role`` (:func:`peer_role`)."""
+    title, _, host = entry.partition("=")[0].partition("@")
     return title.strip(), (host.strip() or None)
+
+
+def peer_role(entry: str) -> Role:
+    """The role of an ``allowed_peers`` entry: its ``=role`` suffix; ``admin`` (every DIMSE service,
+    as before roles existed) without one."""
+    _, equals, role = entry.partition("=")
+    return parse_role(role) if equals else Role.ADMIN
 
 
 class NodeSetting(BaseModel):
@@ -65,7 +75,8 @@ class Settings(BaseSettings):
 
     # Association policy.
     allowed_peers: Annotated[list[str], NoDecode] = Field(
-        default_factory=list, description="calling AE titles (AE or AE@host) allowed; empty = any"
+        default_factory=list,
+        description="calling AE titles (AE or AE@host, optionally =role) allowed; empty = any",
     )
     max_associations: int = Field(64, ge=1, description="concurrent associations, all workers together")
     cors_allowed_origins: Annotated[list[str], NoDecode] = Field(
@@ -97,7 +108,7 @@ class Settings(BaseSettings):
     @classmethod
     def _split_peers(cls, value: Any) -> Any:
         if isinstance(value, str):
-            value = [v for v in value.replace(";", ",").split(",") if v.strip()]
+            value = [v.strip() for v in value.replace(";", ",").split(",") if v.strip()]
         return value
 
     @field_validator("allowed_peers")
@@ -106,6 +117,10 @@ class Settings(BaseSettings):
         peers = [v.strip() for v in value]
         for peer in peers:
             validate_ae_title(split_peer(peer)[0], "allowed_peers")
+            try:
+                peer_role(peer)
+            except ValueError as exc:
+                raise ValueError(f"allowed_peers: {peer!r}: {exc}") from None
         return peers
 
     @field_validator("log_level")

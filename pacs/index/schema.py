@@ -176,3 +176,19 @@ node = Table(
     Column("created_at", Timestamp, nullable=False),
     UniqueConstraint("ae_title"),
 )
+
+# Users of the HTTP API (``pacs users``). Only the SHA-256 of a user's API token is kept
+# (pacs.security); a revoked user keeps its row, so the name stays taken and its actions in the
+# logs keep meaning.
+users = Table(
+    "users",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("name", String(64), nullable=False),
+    Column("role", String(16), nullable=False),
+    Column("token_sha256", String(64), nullable=False),
+    Column("created_at", Timestamp, nullable=False),
+    Column("revoked_at", Timestamp, nullable=True),
+    UniqueConstraint("name"),
+    UniqueConstraint("token_sha256"),
+)

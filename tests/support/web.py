@@ -33,10 +33,7 @@ class RunningWeb:
     def token(self, role: str = "admin") -> str | None:
         """A bearer token of a new user with ``role`` (one per role and server)."""
         if role not in self._tokens:
-            users = getattr(self.archive, "users", None)
-            if users is None:  # authentication not built yet
-                return None
-            self._tokens[role] = users.add(f"test-{role}-{uuid.uuid4().hex[:8]}", role)
+            self._tokens[role] = self.archive.users.add(f"test-{role}-{uuid.uuid4().hex[:8]}", role)
         return self._tokens[role]
 
     def headers(self, role: str | None = "admin") -> dict[str, str]:

@@ -207,3 +207,8 @@ def test_a_table_beside_the_pacs_table_is_refused_not_ignored(tmp_path: Path) ->
     )
     with pytest.raises(ConfigError, match=r"nodes outside the \[pacs\] table \(write \[pacs.nodes\]"):
         load_settings(config_file=config)
+
+
+def test_cors_origins_from_a_variable_are_trimmed(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PACS_CORS_ALLOWED_ORIGINS", "https://a.example, http://b.example:3000 ;")
+    assert load_settings().cors_allowed_origins == ["https://a.example", "http://b.example:3000"]
