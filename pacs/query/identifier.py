@@ -197,6 +197,12 @@ def _cleaned(texts: list[str], vr: str) -> list[str]:
 
 
 # -- matchers -------------------------------------------------------------------------------------
+def matcher_for(values: SequenceType[str], vr: str, name: str, tag: int) -> Matcher:
+    """The matcher of a key given ``values`` already decoded to text (QIDO-RS parameters), by the
+    same rules as an identifier's; padding is dropped first."""
+    return _matcher(_cleaned(list(values), vr), vr, name, tag)
+
+
 def _matcher(values: SequenceType[str], vr: str, name: str, tag: int) -> Matcher:
     if not values:
         return Universal()

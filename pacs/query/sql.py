@@ -65,6 +65,23 @@ from pacs.query.model import (
 ENTITY_ID = "entity_id"
 FIRST_JSON = "first_json"
 
+# Function arguments per call of json_object / jsonb_build_object (PostgreSQL allows 100).
+_JSON_KEYS_PER_CALL = 40
+
+# The aliases the statements use, made once: an alias builds a proxy of every column of its table,
+# which took most of the time of planning a query when each plan made its own.
+_ALIASES: dict[str, FromClause] = {
+    "current_version": instance_version.alias("current_version"),
+    "first_instance": instance.alias("first_instance"),
+    "first_version": instance_version.alias("first_version"),
+    "first_series": series.alias("first_series"),
+    "first_inspection": inspection.alias("first_inspection"),
+    "study_instance": instance.alias("study_instance"),
+    "study_series": series.alias("study_series"),
+    "matching_instance": instance.alias("matching_instance"),
+    "matching_series": series.alias("matching_series"),
+}
+
 _LEVEL_TABLES: dict[Level, Table] = {
     Level.PATIENT: component,
     Level.STUDY: inspection,
@@ -129,7 +146,7 @@ class _Builder:
         self.level = query.level
         self.entity = _LEVEL_TABLES[self.level]
         # The current version of an image, joined only when a key needs it.
-        self.current = instance_version.alias("current_version")
+        self.current = _ALIASES["current_version"]
         self.tables: dict[str, FromClause] = {
             "component": component,
             "inspection": inspection,
@@ -142,12 +159,12 @@ class _Builder:
         self.sources: list[KeySource] = []
         self.python_keys: list[Key] = []
         self.needs_version = False
-        self.needs_json = False
+        self.json_tags: list[str] = []  # the keys read from the first instance's DICOM JSON
 
     def build(self) -> SqlPlan:
         for number, key in enumerate(self.query.keys):
             self._add_key(key, f"k{number}")
-        if self.needs_json:
+        if self.json_tags:
             self.columns.append(self._first_instance_json().label(FIRST_JSON))
         statement = (
             select(*self.columns).select_from(self._from()).where(*self.conditions).order_by(self.entity.c.id)
@@ -177,22 +194,47 @@ class _Builder:
         subquery that follows the foreign key indexes down from the entity."""
         if self.level is Level.IMAGE:
             self.needs_version = True
-            return self.current.c.dicom_json
-        first = instance.alias("first_instance")
-        version = instance_version.alias("first_version")
+            return self._json_keys(self.current.c.dicom_json)
+        first = _ALIASES["first_instance"]
+        version = _ALIASES["first_version"]
         joined: FromClause = first.join(version, version.c.id == first.c.current_version_id)
         if self.level is Level.SERIES:
             where = first.c.series_id == series.c.id
         else:
-            first_series = series.alias("first_series")
+            first_series = _ALIASES["first_series"]
             joined = joined.join(first_series, first_series.c.id == first.c.series_id)
             if self.level is Level.STUDY:
                 where = first_series.c.inspection_id == inspection.c.id
             else:
-                first_inspection = inspection.alias("first_inspection")
+                first_inspection = _ALIASES["first_inspection"]
                 joined = joined.join(first_inspection, first_inspection.c.id == first_series.c.inspection_id)
                 where = first_inspection.c.component_id == component.c.id
-        return select(version.c.dicom_json).select_from(joined).where(where).order_by(first.c.id).limit(1)
+        return (
+            select(self._json_keys(version.c.dicom_json))
+            .select_from(joined)
+            .where(where)
+            .order_by(first.c.id)
+            .limit(1)
+        )
+
+    def _json_keys(self, dicom_json: Any) -> Any:
+        """Only the keys' elements of the DICOM JSON (absent ones null), built in the database: a
+        multi-frame instance's JSON can be megabytes, read whole for every candidate otherwise."""
+        sqlite = self.dialect == "sqlite"
+        parts = []
+        for start in range(0, len(self.json_tags), _JSON_KEYS_PER_CALL):
+            args: list[Any] = []
+            for tag in self.json_tags[start : start + _JSON_KEYS_PER_CALL]:
+                if sqlite:
+                    value = func.json_extract(dicom_json, literal(f'$."{tag}"', String()))
+                else:
+                    value = dicom_json.op("->")(literal(tag, String()))
+                args += [literal(tag, String()), value]
+            parts.append(func.json_object(*args) if sqlite else func.jsonb_build_object(*args))
+        combined: Any = parts[0]
+        for part in parts[1:]:
+            combined = func.json_patch(combined, part) if sqlite else combined.op("||")(part)
+        return combined
 
     # -- keys ---------------------------------------------------------------------------------
     def _add_key(self, key: Key, label: str) -> None:
@@ -220,7 +262,8 @@ class _Builder:
             if not key.is_universal:
                 self.conditions.append(self._sop_classes_condition(key.matcher))
         elif isinstance(source, FromJson):
-            self.needs_json = True
+            if tag_hex(key.tag) not in self.json_tags:
+                self.json_tags.append(tag_hex(key.tag))
             self.sources.append(KeySource(key, "json"))
             if not key.is_universal:
                 self.python_keys.append(key)
@@ -282,8 +325,8 @@ class _Builder:
     # -- SOP Classes in Study -----------------------------------------------------------------
     def _sop_classes_in_study(self) -> Any:
         """The study's distinct SOP Class UIDs, comma-separated (a UID never contains a comma)."""
-        member = instance.alias("study_instance")
-        member_series = series.alias("study_series")
+        member = _ALIASES["study_instance"]
+        member_series = _ALIASES["study_series"]
         uid = member.c.sop_class_uid.distinct()
         joined = member.join(member_series, member_series.c.id == member.c.series_id)
         aggregate = func.group_concat(uid) if self.dialect == "sqlite" else func.string_agg(uid, ",")
@@ -295,8 +338,8 @@ class _Builder:
         )
 
     def _sop_classes_condition(self, matcher: Matcher) -> ColumnElement[bool]:
-        member = instance.alias("matching_instance")
-        member_series = series.alias("matching_series")
+        member = _ALIASES["matching_instance"]
+        member_series = _ALIASES["matching_series"]
         uids = _uids(matcher)
         return exists(
             select(member.c.id)
