@@ -1,1 +1,1 @@
-"""The archive's HTTP face: FastAPI application (health and OpenAPI now; DICOMweb and REST to come)."""
+"""The archive's HTTP face: FastAPI application (DICOMweb, REST, metrics, health)."""

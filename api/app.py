@@ -25,6 +25,7 @@ def create_app(archive: Archive) -> FastAPI:
         description="Archive for industrial NDT images (DICONDE): DICOM and DICOMweb.",
     )
     app.state.archive = archive
+    metrics.instrument(app)  # request latencies by route; which face a query or retrieve came through
     if archive.settings.cors_allowed_origins:
         # A viewer served elsewhere (OHIF, say) calls DICOMweb with a bearer token: no cookies.
         app.add_middleware(

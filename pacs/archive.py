@@ -18,6 +18,8 @@ from pacs.index import migrate
 from pacs.index.database import create_index_engine, redact_url
 from pacs.index.nodes import NodeRepository
 from pacs.index.repository import IndexRepository
+from pacs.index.users import UserRepository
+from pacs.peers import DicomPeers
 from pacs.services.fsck import FsckService
 from pacs.services.importer import ImportService
 from pacs.services.ingest import IngestService
@@ -36,6 +38,9 @@ class Archive:
     retrieve: RetrieveService
     nodes: NodeRepository
     search: SearchService
+    users: UserRepository
+    #: C-ECHO / C-STORE to other nodes; set by the composition root where the DIMSE face runs.
+    peers: DicomPeers | None = None
 
     def importer(self) -> ImportService:
         return ImportService(self.ingest)
@@ -81,6 +86,7 @@ def open_archive(settings: Settings, *, upgrade_schema: bool = True) -> Archive:
         retrieve=RetrieveService(index, store),
         nodes=NodeRepository(engine),
         search=SearchService(engine),
+        users=UserRepository(engine),
     )
 
 

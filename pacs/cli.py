@@ -52,7 +52,7 @@ _CONFIG_FLAGS: list[tuple[str, str, dict[str, Any]]] = [
     (
         "--allowed-peers",
         "allowed_peers",
-        {"help": "comma-separated calling AE titles (AE or AE@host); empty = any"},
+        {"help": "comma-separated calling AE titles (AE or AE@host, either optionally =ROLE); empty = any"},
     ),
     ("--max-associations", "max_associations", {"type": int, "help": "concurrent associations (64)"}),
     (
@@ -144,6 +144,29 @@ def _parser() -> argparse.ArgumentParser:
     node_remove.add_argument("node_ae_title", metavar="AE_TITLE")
     node_remove.set_defaults(run=_nodes_remove)
 
+    users = commands.add_parser("users", help="users of the HTTP API and their tokens")
+    user_commands = users.add_subparsers(dest="users_command", metavar="ACTION", required=True)
+    user_add = user_commands.add_parser(
+        "add", parents=[common], help="create a user; prints its API token (last line), shown only once"
+    )
+    user_add.add_argument("user_name", metavar="NAME")
+    user_add.add_argument(
+        "--role",
+        required=True,
+        type=str.lower,
+        choices=["device", "inspector", "auditor", "admin"],
+        help="device: store only; inspector: query, retrieve, view; auditor: read-only, evidence and "
+        "audit trail; admin: everything, users and nodes",
+    )
+    user_add.set_defaults(run=_users_add)
+    user_list = user_commands.add_parser("list", parents=[common], help="list users, revoked ones included")
+    user_list.set_defaults(run=_users_list)
+    user_revoke = user_commands.add_parser(
+        "revoke", parents=[common], help="revoke a user: its token stops working at once"
+    )
+    user_revoke.add_argument("user_name", metavar="NAME")
+    user_revoke.set_defaults(run=_users_revoke)
+
     send = commands.add_parser("send", parents=[common], help="send stored instances to a node (C-STORE)")
     send.add_argument("node", metavar="NODE", help="AE title of a node registered with `pacs nodes add`")
     send.add_argument("uids", nargs="+", metavar="UID", help="SOP Instance, Series or Study Instance UIDs")
@@ -190,13 +213,25 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
     import uvicorn
 
     from api.app import create_app
+    from dicom_nodes.peers import ScuPeers
     from dicom_nodes.policy import AssociationLimiter
     from dicom_nodes.server import DicomNode
     from dicom_nodes.spool import Spooler
+    from pacs import metrics
+    from pacs.index.users import FIRST_ADMIN
     from pacs.supervisor import Supervisor
 
     archive = open_archive(settings)  # applies migrations once, before any worker starts
     register_configured_nodes(archive)
+    first_token = archive.users.add_first_admin()
+    if first_token is not None:
+        # Printed once, on stdout (not in the log); only its SHA-256 is kept.
+        print(
+            f"no users yet: created the user {FIRST_ADMIN!r} with role admin; its API token follows, "
+            "shown only this once (more users: pacs users add NAME --role ROLE)",
+            flush=True,
+        )
+        print(first_token, flush=True)
     description = archive.describe()
     stale = archive.store.sweep_staging(older_than=3600)
     if stale:
@@ -208,12 +243,14 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
     # previous run left half-received.
     if settings.incoming_dir.exists():
         shutil.rmtree(settings.incoming_dir)
+    metrics.setup_multiprocess(settings.data_dir / "metrics")  # the workers' metrics add up
     # One association count per worker, shared: the limit holds across workers, and a dead worker's
     # count is reset by the supervisor.
     association_slots = multiprocessing.get_context("fork").Array("i", settings.worker_count)
 
     def worker_main(index: int, ready: Any, wait_for_stop: Any) -> None:
         worker_archive = open_archive(settings, upgrade_schema=False)
+        worker_archive.peers = ScuPeers(worker_archive)  # C-ECHO / C-STORE for /api/nodes
         node = DicomNode(
             settings,
             worker_archive,
@@ -416,6 +453,47 @@ def _nodes_remove(settings: Settings, args: argparse.Namespace) -> int:
     finally:
         archive.close()
     print(f"removed {args.node_ae_title}")
+    return EXIT_OK
+
+
+# -- users ------------------------------------------------------------------------------------------
+def _users_add(settings: Settings, args: argparse.Namespace) -> int:
+    from pacs.index.users import InvalidUser
+
+    archive = open_archive(settings)
+    try:
+        token = archive.users.add(args.user_name, args.role)
+    except InvalidUser as exc:
+        print(f"pacs users add: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    finally:
+        archive.close()
+    print(f"created user {args.user_name!r} with role {args.role}; its API token (shown only this once):")
+    print(token)
+    return EXIT_OK
+
+
+def _users_list(settings: Settings, args: argparse.Namespace) -> int:
+    archive = open_archive(settings, upgrade_schema=False)
+    try:
+        users = archive.users.all()
+    finally:
+        archive.close()
+    for user in users:
+        state = f"revoked {user.revoked_at:%Y-%m-%d %H:%M:%S}" if user.revoked_at else "active"
+        print(f"{user.name:24} {user.role:10} created {user.created_at:%Y-%m-%d %H:%M:%S}  {state}")
+    if not users:
+        print("no users (pacs users add NAME --role ROLE)", file=sys.stderr)
+    return EXIT_OK
+
+
+def _users_revoke(settings: Settings, args: argparse.Namespace) -> int:
+    archive = open_archive(settings, upgrade_schema=False)
+    try:
+        user = archive.users.revoke(args.user_name)
+    finally:
+        archive.close()
+    print(f"revoked {user.name} ({user.role}): its token no longer works")
     return EXIT_OK
 
 

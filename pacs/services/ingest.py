@@ -25,6 +25,7 @@ from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+from pacs import metrics
 from pacs.context import CallerContext
 from pacs.dicom.digest import Digests, Part10Hasher, hash_part10_file
 from pacs.dicom.json import to_dicom_json
@@ -169,6 +170,7 @@ class IngestService:
                 self._hashing.shutdown()
                 self._hashing = None
 
+    @metrics.instrument_ingest
     def ingest_incoming(
         self, incoming: Incoming, ctx: CallerContext, expected: Expected | None = None
     ) -> IngestResult:
@@ -183,6 +185,7 @@ class IngestService:
         finally:
             incoming.abort()  # nothing happens once committed
 
+    @metrics.instrument_ingest
     def ingest_file(self, path: Path, ctx: CallerContext, expected: Expected | None = None) -> IngestResult:
         """Check, store (a copy of ``path``) and index one object; returns once it is durable and indexed.
 

@@ -20,6 +20,7 @@ from pydicom.uid import UID
 from sqlalchemy import or_, select
 from sqlalchemy.exc import SQLAlchemyError
 
+from pacs import metrics
 from pacs.dicom import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from pacs.dicom.retrieve_keys import RetrieveRequest
 from pacs.errors import NotFound, PacsError, ResourceUnavailable
@@ -70,6 +71,7 @@ class RetrieveService:
             raise NotFound(f"no instance {sop_instance_uid}")
         return row
 
+    @metrics.instrument_retrieve("instance")
     def open(self, version: VersionRow) -> BinaryIO:
         """The stored Part 10 bytes of ``version``, exactly as received."""
         try:
@@ -90,6 +92,32 @@ class RetrieveService:
             raise NotFound(f"no version {version.id} of {version.sop_instance_uid}")
         return found
 
+    def metadata_of(self, versions: Sequence[VersionRow]) -> dict[int, dict[str, Any]]:
+        """:meth:`metadata` of many versions in one read transaction, by version id (the index
+        alone: a study's metadata costs a few queries, not one per instance)."""
+        ids = [v.id for v in versions]
+        found: dict[int, dict[str, Any]] = {}
+        query = select(
+            instance_version.c.id,
+            instance_version.c.dicom_json,
+            instance_version.c.frames,
+            instance_version.c.pixel_data_offset,
+        )
+        try:
+            with read_transaction(self.index.engine) as conn:
+                for start in range(0, len(ids), _IN_CHUNK):
+                    chunk = ids[start : start + _IN_CHUNK]
+                    for row in conn.execute(query.where(instance_version.c.id.in_(chunk))):
+                        found[int(row.id)] = {
+                            "dicom_json": row.dicom_json,
+                            "frames": row.frames,
+                            "pixel_data_offset": row.pixel_data_offset,
+                        }
+        except SQLAlchemyError as exc:
+            raise ResourceUnavailable(f"index unavailable: {getattr(exc, 'orig', None) or exc}") from exc
+        return found
+
+    @metrics.instrument_retrieve("frame")
     def frame(self, version: VersionRow, number: int, frames: list[Any] | None = None) -> bytes:
         """The stored bytes of frame ``number`` (1-based) by byte ranges of the object, never the whole
         object: native pixel data as stored, or an encapsulated frame's fragment values joined (its

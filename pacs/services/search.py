@@ -15,6 +15,7 @@ from typing import Any
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
+from pacs import metrics
 from pacs.errors import ResourceUnavailable
 from pacs.index.database import read_transaction
 from pacs.query import match, sql
@@ -29,6 +30,7 @@ class SearchService:
         self.engine = engine
         self.batch_size = batch_size
 
+    @metrics.instrument_search
     def find(self, query: Query) -> Generator[Match, None, None]:
         """The entities matching ``query``, in arrival order. Raises :class:`ResourceUnavailable`
         (while iterating) when the index fails. Close the iterator to stop early."""

@@ -1,0 +1,20 @@
+"""The archive's exceptions as HTTP errors for the REST routes (the tree is in ``pacs/errors.py``)."""
+
+from __future__ import annotations
+
+from fastapi import HTTPException
+
+from pacs.errors import InvalidObject, InvalidQuery, NotFound, ObjectMismatch, PacsError, ResourceUnavailable
+
+
+def http_error(exc: PacsError) -> HTTPException:
+    """404 for NotFound, 400 for bad input, 409 for a mismatching object, 503 when storage or index fail."""
+    if isinstance(exc, NotFound):
+        return HTTPException(404, str(exc))
+    if isinstance(exc, ObjectMismatch):
+        return HTTPException(409, str(exc))
+    if isinstance(exc, InvalidObject | InvalidQuery):
+        return HTTPException(400, str(exc))
+    if isinstance(exc, ResourceUnavailable):
+        return HTTPException(503, str(exc))
+    return HTTPException(500, str(exc))
