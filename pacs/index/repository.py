@@ -325,7 +325,7 @@ class IndexRepository:
                 .where(instance.c.sop_instance_uid == sop_instance_uid)
                 .order_by(instance_version.c.id)
             ).all()
-        return [_version_row(r) for r in rows]
+        return [version_row(r) for r in rows]
 
     def current_version(self, sop_instance_uid: str) -> VersionRow | None:
         with self._read() as conn:
@@ -335,12 +335,12 @@ class IndexRepository:
                     instance_version.c.id == instance.c.current_version_id,
                 )
             ).first()
-        return None if row is None else _version_row(row)
+        return None if row is None else version_row(row)
 
     def version(self, version_id: int) -> VersionRow | None:
         with self._read() as conn:
             row = conn.execute(_version_select().where(instance_version.c.id == version_id)).first()
-        return None if row is None else _version_row(row)
+        return None if row is None else version_row(row)
 
     def replace_object(
         self,
@@ -402,7 +402,7 @@ class IndexRepository:
             if not rows:
                 return
             for row in rows:
-                yield _version_row(row)
+                yield version_row(row)
             last = rows[-1].id
 
     def known_keys(self, keys: Iterable[str]) -> set[str]:
@@ -461,7 +461,8 @@ def _version_select() -> Any:
     ).join(instance, instance.c.id == instance_version.c.instance_id)
 
 
-def _version_row(row: Any) -> VersionRow:
+def version_row(row: Any) -> VersionRow:
+    """A :class:`VersionRow` from a result row with the version's columns and ``is_current``."""
     return VersionRow(
         id=int(row.id),
         instance_id=int(row.instance_id),

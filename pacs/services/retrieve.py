@@ -17,7 +17,7 @@ from pydicom.dataset import FileMetaDataset
 from pydicom.filereader import read_file_meta_info
 from pydicom.filewriter import write_file_meta_info
 from pydicom.uid import UID
-from sqlalchemy import or_, select
+from sqlalchemy import or_, select, true
 from sqlalchemy.exc import SQLAlchemyError
 
 from pacs import metrics
@@ -25,7 +25,7 @@ from pacs.dicom import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from pacs.dicom.retrieve_keys import RetrieveRequest
 from pacs.errors import NotFound, PacsError, ResourceUnavailable
 from pacs.index.database import read_transaction
-from pacs.index.repository import IndexRepository, VersionRow
+from pacs.index.repository import IndexRepository, VersionRow, version_row
 from pacs.index.schema import component, inspection, instance, instance_version, series
 from storage import ObjectNotFound, ObjectStore, StorageError
 
@@ -295,7 +295,8 @@ def _chunks(uids: Sequence[str]) -> Iterator[list[str]]:
 
 def _items(rows: Iterable[Any]) -> list[RetrieveItem]:
     return [
-        RetrieveItem(str(row.sop_class_uid or ""), _version(row)) for row in sorted(rows, key=_retrieve_order)
+        RetrieveItem(str(row.sop_class_uid or ""), version_row(row))
+        for row in sorted(rows, key=_retrieve_order)
     ]
 
 
@@ -310,6 +311,7 @@ _VERSION_COLUMNS = (
     instance_version.c.size,
     instance_version.c.transfer_syntax_uid,
     instance_version.c.received_at,
+    true().label("is_current"),  # a retrieve sends current versions only
 )
 
 
@@ -327,22 +329,6 @@ _ITEMS = select(
     .join(inspection, inspection.c.id == series.c.inspection_id)
     .join(component, component.c.id == inspection.c.component_id)
 )
-
-
-def _version(row: Any) -> VersionRow:
-    return VersionRow(
-        id=int(row.id),
-        instance_id=int(row.instance_id),
-        sop_instance_uid=row.sop_instance_uid,
-        object_key=row.object_key,
-        dataset_sha256=row.dataset_sha256,
-        file_meta_sha256=row.file_meta_sha256,
-        dataset_offset=int(row.dataset_offset),
-        size=int(row.size),
-        transfer_syntax_uid=row.transfer_syntax_uid,
-        received_at=row.received_at,
-        is_current=True,
-    )
 
 
 def _retrieve_order(row: Any) -> tuple[Any, ...]:
