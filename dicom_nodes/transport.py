@@ -11,6 +11,11 @@
   :func:`tune` sets TCP_NODELAY.
 * pynetdicom queues every outgoing P-DATA PDU of a message without bound, so sending a large file
   piles it up in memory when the network is slower than the disk. :class:`_SendWindow` bounds it.
+* pynetdicom 3.0 pauses an association's reactor thread before a ``send_*`` call by clearing an
+  event and spinning until the reactor says it is paused; a reactor that has just passed that event
+  is taken for paused, and under CPU load it can take the response ``send_*`` waits for ("Received
+  unexpected ... service message"), which then fails after the DIMSE timeout. :func:`tune` makes
+  the reactor's non-blocking reads see nothing while the event is cleared.
 
 :class:`RequestHandler` tunes every accepted association; the archive's SCUs (``dicom_nodes.scu``,
 the C-MOVE sub-association) call :func:`tune` on theirs.
@@ -80,11 +85,28 @@ def tune(assoc: Association, send_window: int = SEND_WINDOW) -> None:
                 holder.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             except OSError:  # already closed by the peer: nothing left to send on it
                 pass
+    _keep_reactor_off_responses(assoc)
     dul = assoc.dul
     if not isinstance(dul.to_provider_queue, _SendWindow):
         window = _SendWindow(send_window, lambda: dul.is_alive() and not dul._kill_thread)
         window.queue.extend(dul.to_provider_queue.queue)
         dul.to_provider_queue = window
+
+
+def _keep_reactor_off_responses(assoc: Association) -> None:
+    dimse = assoc.dimse
+    if getattr(dimse, "_reactor_guard", False):
+        return
+    read = dimse.get_msg
+    checkpoint = assoc._reactor_checkpoint
+
+    def get_msg(block: bool = False) -> Any:
+        if not block and not checkpoint.is_set():  # a send_* call has paused the reactor
+            return None, None
+        return read(block)
+
+    dimse.get_msg = get_msg  # type: ignore[method-assign]
+    dimse._reactor_guard = True  # type: ignore[attr-defined]
 
 
 class RequestHandler(transport.RequestHandler):
