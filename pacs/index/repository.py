@@ -445,18 +445,24 @@ class IndexRepository:
             raise ResourceUnavailable(f"index unavailable: {getattr(exc, 'orig', None) or exc}") from exc
 
 
+#: The columns :func:`version_row` reads, but ``is_current`` (instance_version joined with instance).
+VERSION_COLUMNS = (
+    instance_version.c.id,
+    instance_version.c.instance_id,
+    instance.c.sop_instance_uid,
+    instance_version.c.object_key,
+    instance_version.c.dataset_sha256,
+    instance_version.c.file_meta_sha256,
+    instance_version.c.dataset_offset,
+    instance_version.c.size,
+    instance_version.c.transfer_syntax_uid,
+    instance_version.c.received_at,
+)
+
+
 def _version_select() -> Any:
     return select(
-        instance_version.c.id,
-        instance_version.c.instance_id,
-        instance.c.sop_instance_uid,
-        instance_version.c.object_key,
-        instance_version.c.dataset_sha256,
-        instance_version.c.file_meta_sha256,
-        instance_version.c.dataset_offset,
-        instance_version.c.size,
-        instance_version.c.transfer_syntax_uid,
-        instance_version.c.received_at,
+        *VERSION_COLUMNS,
         (instance.c.current_version_id == instance_version.c.id).label("is_current"),
     ).join(instance, instance.c.id == instance_version.c.instance_id)
 

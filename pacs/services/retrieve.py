@@ -25,7 +25,7 @@ from pacs.dicom import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from pacs.dicom.retrieve_keys import RetrieveRequest
 from pacs.errors import NotFound, PacsError, ResourceUnavailable
 from pacs.index.database import read_transaction
-from pacs.index.repository import IndexRepository, VersionRow, version_row
+from pacs.index.repository import VERSION_COLUMNS, IndexRepository, VersionRow, version_row
 from pacs.index.schema import component, inspection, instance, instance_version, series
 from storage import ObjectNotFound, ObjectStore, StorageError
 
@@ -300,19 +300,7 @@ def _items(rows: Iterable[Any]) -> list[RetrieveItem]:
     ]
 
 
-_VERSION_COLUMNS = (
-    instance_version.c.id,
-    instance_version.c.instance_id,
-    instance.c.sop_instance_uid,
-    instance_version.c.object_key,
-    instance_version.c.dataset_sha256,
-    instance_version.c.file_meta_sha256,
-    instance_version.c.dataset_offset,
-    instance_version.c.size,
-    instance_version.c.transfer_syntax_uid,
-    instance_version.c.received_at,
-    true().label("is_current"),  # a retrieve sends current versions only
-)
+_VERSION_COLUMNS = (*VERSION_COLUMNS, true().label("is_current"))  # a retrieve sends current versions
 
 
 #: Each instance's current version with what a retrieve sorts and sends by.
