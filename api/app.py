@@ -2,20 +2,23 @@
 
 from __future__ import annotations
 
+from importlib import resources
 from typing import Any
 
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, RedirectResponse
+from fastapi.staticfiles import StaticFiles
 
 import pacs
 from api import metrics
 from api.dicomweb import qido, rendered, stow, uri, wado
-from api.rest import nodes, parts, system
+from api.rest import nodes, parts, session, system
 from pacs.archive import Archive
 
 DICOMWEB = "/dicom-web"
 REST = "/api"
+VIEWER = "/viewer"
 
 
 def create_app(archive: Archive) -> FastAPI:
@@ -39,7 +42,7 @@ def create_app(archive: Archive) -> FastAPI:
         )
     for module in (qido, wado, rendered, stow, uri):
         app.include_router(module.router, prefix=DICOMWEB, tags=["DICOMweb"])
-    for module in (parts, nodes, system):
+    for module in (parts, nodes, system, session):
         app.include_router(module.router, prefix=REST)
     app.include_router(metrics.router, tags=["operations"])
 
@@ -62,5 +65,12 @@ def create_app(archive: Archive) -> FastAPI:
             **checks,
         }
         return JSONResponse(body, status_code=200 if healthy else 503)
+
+    # The viewer's files are public (they hold no data); everything they fetch needs a token.
+    app.mount(VIEWER, StaticFiles(directory=str(resources.files("viewer")), html=True), name="viewer")
+
+    @app.get("/", include_in_schema=False)
+    def root() -> RedirectResponse:
+        return RedirectResponse(f"{VIEWER}/", status_code=307)
 
     return app

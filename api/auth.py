@@ -3,7 +3,8 @@
 Every route declares what it needs with ``Depends(require(Permission.X))`` and gets the caller as
 a :class:`pacs.context.CallerContext`:
 
-* no token, or a token that is unknown or revoked: 401 with ``WWW-Authenticate: Bearer``;
+* no token, or a token that is unknown, revoked or expired: 401 with ``WWW-Authenticate: Bearer``
+  (an expired token's detail starts "the API token expired", so a client can say so);
 * a valid token whose role lacks the permission: 403 naming the role and the permission;
 * a client address with too many failed logins (:class:`pacs.security.FailedLogins`): 429 with
   ``Retry-After``, whatever token it sends, until its failures leave the window.
@@ -36,8 +37,9 @@ _bearer = HTTPBearer(auto_error=False, description="an API token from `pacs user
 _limiter_lock = threading.Lock()
 
 
-def require(permission: Permission) -> Callable[..., CallerContext]:
-    """A FastAPI dependency: the authenticated caller, if their role grants ``permission``."""
+def require(permission: Permission | None) -> Callable[..., CallerContext]:
+    """A FastAPI dependency: the authenticated caller, if their role grants ``permission``
+    (``None``: any authenticated caller, whatever the role)."""
 
     def dependency(
         request: Request,
@@ -70,7 +72,21 @@ def require(permission: Permission) -> Callable[..., CallerContext]:
                 request.url.path,
             )
             raise _unauthorized("the API token is unknown or revoked", error="invalid_token")
-        if not allows(user.role, permission):
+        if user.expired():
+            # Not counted as a failed login: the holder had a valid token and only needs a new one.
+            assert user.expires_at is not None
+            log.info(
+                "%s from %s: API token expired at %s",
+                user.name,
+                host,
+                f"{user.expires_at:%Y-%m-%d %H:%M:%S}Z",
+            )
+            raise _unauthorized(
+                f"the API token expired at {user.expires_at:%Y-%m-%d %H:%M:%S} UTC; "
+                f"an admin can issue a new one (pacs users renew {user.name})",
+                error="invalid_token",
+            )
+        if permission is not None and not allows(user.role, permission):
             log.info(
                 "%s (%s) from %s refused %s %s: needs %s",
                 user.name,
@@ -83,9 +99,13 @@ def require(permission: Permission) -> Callable[..., CallerContext]:
             raise HTTPException(403, f"role {user.role} does not grant the {permission} permission")
         return CallerContext(via="http", user=user.name, address=address)
 
-    dependency.__name__ = f"require_{permission.value}"
-    dependency.permission = permission  # type: ignore[attr-defined]  # read by required_permission
+    dependency.__name__ = f"require_{permission.value if permission else 'login'}"
+    dependency.permission = permission or LOGIN  # type: ignore[attr-defined]  # read by required_permission
     return dependency
+
+
+#: What :func:`required_permission` reports for a route open to every authenticated caller.
+LOGIN = "login"
 
 
 def _unauthorized(detail: str, error: str | None) -> HTTPException:
@@ -104,16 +124,16 @@ def failed_logins(app: Starlette) -> FailedLogins:
     return limiter
 
 
-def required_permission(route: APIRoute | RouteContext) -> Permission | None:
+def required_permission(route: APIRoute | RouteContext) -> Permission | str | None:
     """The permission a route declares with ``Depends(require(...))``, found in its dependencies
     (``dependencies=`` of the route or its router included: pass the route's
-    :class:`fastapi.routing.RouteContext` from ``iter_route_contexts(app.routes)``); None for an
-    open route."""
+    :class:`fastapi.routing.RouteContext` from ``iter_route_contexts(app.routes)``); :data:`LOGIN`
+    for a route any authenticated caller may use; None for an open route."""
     pending: list[Any] = [route.dependant]
     while pending:
         dependant = pending.pop()
         permission = getattr(dependant.call, "permission", None)
-        if isinstance(permission, Permission):
+        if isinstance(permission, Permission) or permission == LOGIN:
             return permission
         pending.extend(dependant.dependencies)
     return None

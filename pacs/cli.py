@@ -8,6 +8,7 @@ inside the commands that need them, which keeps ``import pacs`` light.
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import getpass
 import logging
 import multiprocessing
@@ -145,9 +146,18 @@ def _parser() -> argparse.ArgumentParser:
     node_remove.set_defaults(run=_nodes_remove)
 
     users = commands.add_parser("users", help="users of the HTTP API and their tokens")
+    expiry = argparse.ArgumentParser(add_help=False)
+    expiry.add_argument(
+        "--expires-in",
+        type=_days,
+        metavar="DAYS",
+        help="the token stops working after DAYS days (default: never)",
+    )
     user_commands = users.add_subparsers(dest="users_command", metavar="ACTION", required=True)
     user_add = user_commands.add_parser(
-        "add", parents=[common], help="create a user; prints its API token (last line), shown only once"
+        "add",
+        parents=[common, expiry],
+        help="create a user; prints its API token (last line), shown only once",
     )
     user_add.add_argument("user_name", metavar="NAME")
     user_add.add_argument(
@@ -166,6 +176,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     user_revoke.add_argument("user_name", metavar="NAME")
     user_revoke.set_defaults(run=_users_revoke)
+    user_renew = user_commands.add_parser(
+        "renew",
+        parents=[common, expiry],
+        help="give a user a new API token (last line); the old one stops working",
+    )
+    user_renew.add_argument("user_name", metavar="NAME")
+    user_renew.set_defaults(run=_users_renew)
 
     send = commands.add_parser("send", parents=[common], help="send stored instances to a node (C-STORE)")
     send.add_argument("node", metavar="NODE", help="AE title of a node registered with `pacs nodes add`")
@@ -461,16 +478,53 @@ def _users_add(settings: Settings, args: argparse.Namespace) -> int:
     from pacs.index.users import InvalidUser
 
     archive = open_archive(settings)
+    expires_at = _expiry(args.expires_in)
     try:
-        token = archive.users.add(args.user_name, args.role)
+        token = archive.users.add(args.user_name, args.role, expires_at=expires_at)
     except InvalidUser as exc:
         print(f"pacs users add: {exc}", file=sys.stderr)
         return EXIT_USAGE
     finally:
         archive.close()
-    print(f"created user {args.user_name!r} with role {args.role}; its API token (shown only this once):")
+    print(
+        f"created user {args.user_name!r} with role {args.role}; its API token{_expiry_text(expires_at)} "
+        "(shown only this once):"
+    )
     print(token)
     return EXIT_OK
+
+
+def _users_renew(settings: Settings, args: argparse.Namespace) -> int:
+    archive = open_archive(settings, upgrade_schema=False)
+    expires_at = _expiry(args.expires_in)
+    try:
+        token = archive.users.renew(args.user_name, expires_at=expires_at)
+    finally:
+        archive.close()
+    print(
+        f"new API token for {args.user_name!r}{_expiry_text(expires_at)}; the old one no longer works "
+        "(shown only this once):"
+    )
+    print(token)
+    return EXIT_OK
+
+
+def _days(value: str) -> float:
+    try:
+        days = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a number of days") from None
+    if not 0 < days <= 36_500:
+        raise argparse.ArgumentTypeError(f"{value!r}: between 0 and 36500 days")
+    return days
+
+
+def _expiry(days: float | None) -> dt.datetime | None:
+    return None if days is None else dt.datetime.now(dt.UTC) + dt.timedelta(days=days)
+
+
+def _expiry_text(expires_at: dt.datetime | None) -> str:
+    return "" if expires_at is None else f", valid until {expires_at:%Y-%m-%d %H:%M:%S} UTC"
 
 
 def _users_list(settings: Settings, args: argparse.Namespace) -> int:
@@ -480,7 +534,14 @@ def _users_list(settings: Settings, args: argparse.Namespace) -> int:
     finally:
         archive.close()
     for user in users:
-        state = f"revoked {user.revoked_at:%Y-%m-%d %H:%M:%S}" if user.revoked_at else "active"
+        if user.revoked_at:
+            state = f"revoked {user.revoked_at:%Y-%m-%d %H:%M:%S}"
+        elif user.expires_at:
+            state = (
+                f"{'expired' if user.expired() else 'active, expires'} {user.expires_at:%Y-%m-%d %H:%M:%S}"
+            )
+        else:
+            state = "active"
         print(f"{user.name:24} {user.role:10} created {user.created_at:%Y-%m-%d %H:%M:%S}  {state}")
     if not users:
         print("no users (pacs users add NAME --role ROLE)", file=sys.stderr)

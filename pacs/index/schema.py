@@ -189,6 +189,7 @@ users = Table(
     Column("token_sha256", String(64), nullable=False),
     Column("created_at", Timestamp, nullable=False),
     Column("revoked_at", Timestamp, nullable=True),
+    Column("expires_at", Timestamp, nullable=True),  # NULL: the token does not expire
     UniqueConstraint("name"),
     UniqueConstraint("token_sha256"),
 )

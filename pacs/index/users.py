@@ -1,8 +1,10 @@
 """Users of the HTTP API and their tokens (``pacs users``, ``Authorization: Bearer``).
 
 Each user has one API token, shown once when the user is made and kept only as its SHA-256
-(:func:`pacs.security.token_hash`). Revoking a user keeps the row with ``revoked_at`` set: the
-token stops working at once and the name is never handed to somebody else.
+(:func:`pacs.security.token_hash`). A token may carry an expiry (``expires_at``); ``renew`` gives
+the user a new token (the old one stops working) with a new expiry. Revoking a user keeps the row
+with ``revoked_at`` set: the token stops working at once and the name is never handed to somebody
+else.
 """
 
 from __future__ import annotations
@@ -39,10 +41,15 @@ class User:
     role: Role
     created_at: dt.datetime
     revoked_at: dt.datetime | None = None
+    expires_at: dt.datetime | None = None
 
     @property
     def active(self) -> bool:
         return self.revoked_at is None
+
+    def expired(self, now: dt.datetime | None = None) -> bool:
+        """True once the token's expiry has passed (never for a token without one)."""
+        return self.expires_at is not None and self.expires_at <= (now or dt.datetime.now(dt.UTC))
 
 
 def validate_name(name: str) -> str:
@@ -57,8 +64,9 @@ class UserRepository:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
 
-    def add(self, name: str, role: Role | str) -> str:
-        """Create a user; returns its API token, which is not kept anywhere and cannot be shown again."""
+    def add(self, name: str, role: Role | str, expires_at: dt.datetime | None = None) -> str:
+        """Create a user; returns its API token, which is not kept anywhere and cannot be shown again.
+        ``expires_at``: when the token stops working (None: never)."""
         validate_name(name)
         try:
             role = role if isinstance(role, Role) else parse_role(role)
@@ -73,6 +81,7 @@ class UserRepository:
                         role=role.value,
                         token_sha256=token_hash(token),
                         created_at=dt.datetime.now(dt.UTC),
+                        expires_at=expires_at,
                     )
                 )
         except IntegrityError:
@@ -95,7 +104,8 @@ class UserRepository:
             return None
 
     def authenticate(self, token: str) -> User | None:
-        """The active user holding ``token``; None for an unknown or revoked token."""
+        """The active user holding ``token``; None for an unknown or revoked token. An expired
+        token still finds its user (the caller says "expired", :meth:`User.expired`)."""
         with read_transaction(self.engine) as conn:
             row = conn.execute(
                 select(users).where(users.c.token_sha256 == token_hash(token), users.c.revoked_at.is_(None))
@@ -115,6 +125,28 @@ class UserRepository:
         if not changed:
             raise NotFound(f"user {name!r} is revoked already")
         return _user(row)
+
+    def renew(self, name: str, expires_at: dt.datetime | None = None) -> str:
+        """A new API token for an active user, replacing the old one (which stops working at once);
+        returns the token, shown only this once. ``expires_at`` as for :meth:`add`."""
+        token = new_token()
+        try:
+            with write_transaction(self.engine) as conn:
+                changed = conn.execute(
+                    update(users)
+                    .where(users.c.name == name, users.c.revoked_at.is_(None))
+                    .values(token_sha256=token_hash(token), expires_at=expires_at)
+                ).rowcount
+        except SQLAlchemyError as exc:
+            raise ResourceUnavailable(f"index unavailable: {exc}") from exc
+        if not changed:
+            user = self.get(name)
+            raise NotFound(
+                f"user {name!r} is revoked: its token cannot be renewed"
+                if user
+                else f"no user named {name!r}"
+            )
+        return token
 
     def get(self, name: str) -> User | None:
         with read_transaction(self.engine) as conn:
@@ -137,6 +169,7 @@ def _user(row: object) -> User:
         role=Role(row.role),  # type: ignore[attr-defined]
         created_at=_aware(row.created_at),  # type: ignore[attr-defined]
         revoked_at=_aware(row.revoked_at) if row.revoked_at is not None else None,  # type: ignore[attr-defined]
+        expires_at=_aware(row.expires_at) if row.expires_at is not None else None,  # type: ignore[attr-defined]
     )
 
 
