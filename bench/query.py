@@ -1362,14 +1362,15 @@ class InProcess:
     def find(self, matching: dict[str, str], expected: int, *, respond: bool) -> Sample:
         from pynetdicom.dsutils import encode
 
-        from pacs.query.response import response_identifier
+        from pacs.query.response import encode_identifier, response_identifier
 
         query = self.query(matching)
         started = time.perf_counter()
         matches = 0
         for found in self.search.find(query):
             matches += 1
-            if respond:
+            # As the SCP does: straight from the DICOM JSON, pydicom where that path declines.
+            if respond and encode_identifier(query, found, "NDT_PACS", implicit_vr=False) is None:
                 encode(response_identifier(query, found, "NDT_PACS"), False, True)
         return Sample(time.perf_counter() - started, matches, expected)
 
@@ -1443,25 +1444,19 @@ def start_ours(procs: Processes, url: str, folder: Path) -> Server:
 
 HANDLER_LINE = re.compile(
     r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d),(\d{3}) \w+ +\[[^]]*\] dicom_nodes\.find: "
-    rf"C-FIND from {SCU_AE}@\S+: (?:(\w+) level|(\d+) match)"
+    rf"C-FIND from {SCU_AE}@\S+: (?:(\w+) level|(\d+) match\(es\) in ([\d.]+) ms)"
 )
 
 
 def handler_seconds(log: Path) -> list[float]:
-    """The archive's own time for each C-FIND of the benchmark's SCU, in order: from its log line
-    "C-FIND from ...: STUDY level" (the identifier decoded, the query built) to "... N match(es)"
-    (the last pending response handed to pynetdicom). Log timestamps have millisecond resolution."""
-    times, begun = [], None
+    """The archive's own time for each C-FIND of the benchmark's SCU, in order, as its log line
+    "C-FIND from ...: N match(es) in T ms" gives it: from the request handed over by pynetdicom to
+    the last pending response sent (the final response follows)."""
+    times = []
     for line in log.read_text(errors="replace").splitlines():
         found = HANDLER_LINE.match(line)
-        if not found:
-            continue
-        stamp = dt.datetime.strptime(found[1], "%Y-%m-%d %H:%M:%S").timestamp() + int(found[2]) / 1000
-        if found[3]:
-            begun = stamp
-        elif begun is not None:
-            times.append(stamp - begun)
-            begun = None
+        if found and found[5]:
+            times.append(float(found[5]) / 1000)
     return times
 
 

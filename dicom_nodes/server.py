@@ -23,7 +23,7 @@ from pynetdicom.transport import ThreadedAssociationServer
 from dicom_nodes import commitment, find, get, move, negotiation, store
 from dicom_nodes.policy import AssociationLimiter, AssociationPolicy, guard
 from dicom_nodes.spool import Spooler
-from dicom_nodes.transport import RequestHandler
+from dicom_nodes.transport import RequestHandler, quiet_logging
 from pacs.archive import Archive
 from pacs.config import Settings
 from pacs.dicom import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
@@ -149,6 +149,7 @@ class DicomNode:
         return str(host), int(port)
 
     def start(self) -> None:
+        quiet_logging()
         self.spooler.install()
         negotiation.install()
         self._thread = threading.Thread(

@@ -11,6 +11,9 @@
   :func:`tune` sets TCP_NODELAY.
 * pynetdicom queues every outgoing P-DATA PDU of a message without bound, so sending a large file
   piles it up in memory when the network is slower than the disk. :class:`_SendWindow` bounds it.
+* pynetdicom narrates every PDU and DIMSE message and formats every C-FIND/C-MOVE/C-GET
+  identifier for its debug log, whatever its logger's level: about a millisecond a message.
+  :func:`quiet_logging` turns that work off unless its logger is at DEBUG.
 * pynetdicom 3.0 pauses an association's reactor thread before a ``send_*`` call by clearing an
   event and spinning until the reactor says it is paused; a reactor that has just passed that event
   is taken for paused, and under CPU load it can take the response ``send_*`` waits for ("Received
@@ -23,12 +26,13 @@ the C-MOVE sub-association) call :func:`tune` on theirs.
 
 from __future__ import annotations
 
+import logging
 import queue
 import socket
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from pynetdicom import transport
+from pynetdicom import _config, transport
 from pynetdicom.pdu_primitives import P_DATA
 
 if TYPE_CHECKING:
@@ -36,6 +40,16 @@ if TYPE_CHECKING:
 
 #: P-DATA PDUs (each at most the peer's maximum PDU size) queued for sending at once.
 SEND_WINDOW = 8
+
+
+def quiet_logging() -> None:
+    """Off: pynetdicom's standard event log handlers and its logging of identifiers, unless the
+    ``pynetdicom`` logger is at DEBUG (``pacs serve --log-level DEBUG``). Process-wide; read when
+    an association starts."""
+    debug = logging.getLogger("pynetdicom").isEnabledFor(logging.DEBUG)
+    _config.LOG_HANDLER_LEVEL = "standard" if debug else "none"
+    _config.LOG_REQUEST_IDENTIFIERS = debug
+    _config.LOG_RESPONSE_IDENTIFIERS = debug
 
 
 class BulkReceiveSocket(transport.AssociationSocket):

@@ -31,7 +31,6 @@ from typing import Any
 
 from sqlalchemy import (
     ColumnElement,
-    Connection,
     Float,
     FromClause,
     Integer,
@@ -113,6 +112,7 @@ class SqlPlan:
     sources: tuple[KeySource, ...]
     python_keys: tuple[Key, ...]  # keys SQL could not decide (or only narrowed)
     paged_in_sql: bool  # limit/offset are in the statement
+    order: ColumnElement[Any]  # the entity's id: the statement's order, unique, for reading on after a row
 
     @cached_property
     def sources_by_tag(self) -> tuple[tuple[str, KeySource], ...]:
@@ -122,15 +122,6 @@ class SqlPlan:
 def count_statement(plan: SqlPlan) -> Select[Any]:
     """How many rows ``plan`` selects (exact when it has no Python-side keys)."""
     return select(func.count()).select_from(plan.statement.order_by(None).subquery())
-
-
-def prepare_streaming(conn: Connection) -> None:
-    """Set up a read transaction whose results are fetched in batches (a server-side cursor on
-    PostgreSQL). PostgreSQL plans a cursor for its first 10% of rows (``cursor_tuple_fraction``),
-    which turns a date range into a walk of the whole table in id order; a C-FIND reads all of
-    its results, so plan for all of them."""
-    if conn.dialect.name == "postgresql":
-        conn.exec_driver_sql("SET LOCAL cursor_tuple_fraction = 1.0")
 
 
 def plan(query: Query, dialect: str) -> SqlPlan:
@@ -174,7 +165,7 @@ class _Builder:
             statement = statement.offset(self.query.offset)
         if paged and self.query.limit is not None:
             statement = statement.limit(self.query.limit)
-        return SqlPlan(statement, tuple(self.sources), tuple(self.python_keys), paged)
+        return SqlPlan(statement, tuple(self.sources), tuple(self.python_keys), paged, self.entity.c.id)
 
     # -- FROM ---------------------------------------------------------------------------------
     def _from(self) -> FromClause:

@@ -3,21 +3,27 @@
 The index answers every query (:mod:`pacs.query.sql`); no stored object is opened. Results are
 produced lazily, a batch of rows at a time, so a caller that stops reading (C-CANCEL, a closed HTTP
 response) stops the query: closing the iterator ends its read transaction.
+
+Most queries match a few entities, and their cost is database round trips, not rows. So rows are
+read in batches of ``batch_size``, each one plain ``LIMIT`` query outside a transaction (one round
+trip for most queries, no BEGIN or COMMIT), the next batch starting after the last entity read
+(ids are unique and the statement's order). A batch sees what was committed when it ran: an entity
+stored while a long answer streams comes at its end, and none is given twice or skipped.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Generator, Mapping
+from collections.abc import Generator, Iterator, Mapping
 from typing import Any
 
-from sqlalchemy import Engine
+from sqlalchemy import Connection, Engine, Row
 from sqlalchemy.exc import SQLAlchemyError
 
 from pacs import metrics
 from pacs.errors import ResourceUnavailable
-from pacs.index.database import read_transaction
+from pacs.index.database import read_batches, read_transaction
 from pacs.query import match, sql
 from pacs.query.attributes import json_element, tag_hex
 from pacs.query.model import Match, Query, SequenceMatch
@@ -55,10 +61,8 @@ class SearchService:
         if left == 0:
             return
         try:
-            with read_transaction(self.engine) as conn:
-                sql.prepare_streaming(conn)
-                rows = conn.execution_options(yield_per=self.batch_size).execute(plan.statement)
-                for row in rows:
+            with read_batches(self.engine) as conn:
+                for row in self._rows(conn, plan, query.limit if plan.paged_in_sql else None):
                     values = _values(plan, row._mapping)
                     if not all(match.matches(key, values.get(tag_hex(key.tag))) for key in plan.python_keys):
                         continue
@@ -72,6 +76,20 @@ class SearchService:
                             return
         except SQLAlchemyError as exc:
             raise ResourceUnavailable(f"index unavailable: {getattr(exc, 'orig', None) or exc}") from exc
+
+    def _rows(self, conn: Connection, plan: sql.SqlPlan, limit: int | None) -> Iterator[Row[Any]]:
+        """The statement's rows in order, ``batch_size`` at a time. ``limit``: the one the
+        statement has (the query's, when it is paged in SQL; its offset applies to the first batch)."""
+        statement = plan.statement
+        while True:
+            size = self.batch_size if limit is None else min(self.batch_size, limit)
+            rows = conn.execute(statement.limit(size)).all()
+            yield from rows
+            if limit is not None:
+                limit -= len(rows)
+            if len(rows) < size or limit == 0:
+                return
+            statement = plan.statement.where(plan.order > rows[-1]._mapping[sql.ENTITY_ID]).offset(None)
 
 
 def _values(plan: sql.SqlPlan, row: Mapping[Any, Any]) -> dict[str, dict[str, Any]]:

@@ -392,6 +392,29 @@ def test_results_come_in_arrival_order_and_page(scans: Scans) -> None:
     assert scans.archive.search.count(timed_page) == 5
 
 
+@pytest.mark.parametrize("batch_size", [1, 2, 4, 5])
+def test_results_beyond_the_first_batch_are_streamed_in_order(scans: Scans, batch_size: int) -> None:
+    """The first batch is one plain query, the rest a cursor from after its last row: together
+    they give every match once, in order, with SQL paging and with Python-side matching."""
+    from pacs.services.search import SearchService
+
+    search = SearchService(scans.archive.engine, batch_size=batch_size)
+    order = [scans.study[name] for name in ("S1", "S2", "S3", "S4", "S5")]
+
+    def uids(query: Query) -> list[str]:
+        return [found.attributes["0020000D"]["Value"][0] for found in search.find(query)]
+
+    plain = query_from_identifier(received(identifier("STUDY", StudyInstanceUID="")), STUDY_ROOT)
+    timed = query_from_identifier(
+        received(identifier("STUDY", StudyInstanceUID="", StudyTime="0900-1700")), STUDY_ROOT
+    )
+    for query in (plain, timed):
+        assert uids(query) == order
+        for offset, limit in ((0, 4), (1, 3), (2, None), (1, 1), (4, 5), (5, 2)):
+            paged = Query(query.model, query.level, query.keys, limit=limit, offset=offset)
+            assert uids(paged) == order[offset : None if limit is None else offset + limit], (offset, limit)
+
+
 def test_stopping_early_ends_the_query(scans: Scans) -> None:
     """C-CANCEL closes the iterator: the read transaction ends and the next query runs normally."""
     query = query_from_identifier(received(identifier("STUDY", StudyInstanceUID="")), STUDY_ROOT)
