@@ -60,11 +60,11 @@ from bench.ingest import (  # noqa: E402
     pacs_command,
     wait_until,
 )
+from bench.report import write_section  # noqa: E402
 from tests.support.net import free_port  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
 DOC = ROOT / "docs" / "benchmarks.md"
-BEGIN, END = "<!-- query:begin -->", "<!-- query:end -->"
 POSTGRES_URL = os.environ.get("PACS_BENCH_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
 SEED = 20261126
 TARGET_MS = 20.0
@@ -2088,14 +2088,7 @@ def render(run: dict[str, Any], args: argparse.Namespace) -> str:
 
 
 def write_doc(section: str) -> None:
-    text = DOC.read_text()
-    block = f"{BEGIN}\n{section.rstrip()}\n{END}"
-    start, end = text.find(BEGIN), text.find(END)
-    if start != -1 and end > start:
-        text = text[:start] + block + text[end + len(END) :]
-    else:
-        text = text.rstrip() + "\n\n" + block + "\n"
-    DOC.write_text(text)
+    write_section("query", section)
 
 
 # -- main -------------------------------------------------------------------------------------------

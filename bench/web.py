@@ -50,11 +50,11 @@ from bench.ingest import (  # noqa: E402
     pacs_command,
     wait_until,
 )
+from bench.report import write_section  # noqa: E402
 from tests.support.net import free_port  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
 DOC = ROOT / "docs" / "benchmarks.md"
-BEGIN, END = "<!-- web:begin -->", "<!-- web:end -->"
 CURL = "/usr/bin/curl"
 PLUGIN_GLOBS = (
     "/usr/share/orthanc/plugins/libOrthancDicomWeb.so",
@@ -839,14 +839,7 @@ def render(run: dict[str, Any], args: argparse.Namespace) -> str:
 
 
 def write_doc(section: str) -> None:
-    text = DOC.read_text()
-    block = f"{BEGIN}\n{section.rstrip()}\n{END}"
-    start, end = text.find(BEGIN), text.find(END)
-    if start != -1 and end > start:
-        text = text[:start] + block + text[end + len(END) :]
-    else:
-        text = text.rstrip() + "\n\n" + block + "\n"
-    DOC.write_text(text)
+    write_section("web", section)
 
 
 # -- main -----------------------------------------------------------------------------------------
