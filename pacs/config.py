@@ -98,6 +98,11 @@ class Settings(BaseSettings):
         30.0, ge=0, description="seconds in-flight associations get to finish on SIGTERM"
     )
     log_level: str = Field("INFO", description="DEBUG, INFO, WARNING or ERROR")
+    evidence_key: Path | None = Field(
+        None,
+        description="the archive's Ed25519 private key (PEM) that signs evidence packages; made on first "
+        "use; default data_dir/keys/evidence-ed25519.pem. Nodes sharing one index must share one key",
+    )
 
     @field_validator("ae_title")
     @classmethod
@@ -137,6 +142,8 @@ class Settings(BaseSettings):
             self.database_url = f"sqlite:///{self.data_dir / 'index.sqlite'}"
         if self.object_store is None:
             self.object_store = f"file://{self.data_dir / 'objects'}"
+        if self.evidence_key is None:
+            self.evidence_key = self.data_dir / "keys" / "evidence-ed25519.pem"
         if not self.database_url.startswith(("sqlite:", "postgresql:", "postgresql+psycopg:")):
             raise ValueError(
                 "database_url must start with sqlite:/// or postgresql://, "
