@@ -12,8 +12,9 @@ from fastapi.staticfiles import StaticFiles
 
 import pacs
 from api import metrics
+from api.audit import AuditMiddleware
 from api.dicomweb import qido, rendered, stow, uri, wado
-from api.rest import nodes, parts, session, system
+from api.rest import audit, decisions, evidence, nodes, parts, session, system
 from pacs.archive import Archive
 
 DICOMWEB = "/dicom-web"
@@ -29,6 +30,7 @@ def create_app(archive: Archive) -> FastAPI:
     )
     app.state.archive = archive
     metrics.instrument(app)  # request latencies by route; which face a query or retrieve came through
+    app.add_middleware(AuditMiddleware)  # every authenticated request into the audit trail
     if archive.settings.cors_allowed_origins:
         # A viewer served elsewhere (OHIF, say) calls DICOMweb with a bearer token: no cookies.
         app.add_middleware(
@@ -42,7 +44,8 @@ def create_app(archive: Archive) -> FastAPI:
         )
     for module in (qido, wado, rendered, stow, uri):
         app.include_router(module.router, prefix=DICOMWEB, tags=["DICOMweb"])
-    for module in (parts, nodes, system, session):
+    # decisions and evidence before parts, whose /parts/{part_id:path} would take /parts/X/evidence
+    for module in (decisions, evidence, parts, nodes, system, session, audit):
         app.include_router(module.router, prefix=REST)
     app.include_router(metrics.router, tags=["operations"])
 

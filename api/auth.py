@@ -26,6 +26,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.applications import Starlette
 
 from api.deps import archive_of
+from pacs.audit import Action, AuditEvent, Outcome
 from pacs.context import CallerContext
 from pacs.security import FailedLogins, Permission, allows
 
@@ -65,6 +66,18 @@ def require(permission: Permission | None) -> Callable[..., CallerContext]:
             raise HTTPException(503, "cannot check the API token: the index is unavailable") from None
         if user is None:
             limiter.failed(host)
+            archive_of(request).audit.record_later(
+                AuditEvent(
+                    Action.LOGIN_FAILED,
+                    CallerContext(via="http", address=address),
+                    Outcome.REFUSED,
+                    detail={
+                        "method": request.method,
+                        "path": request.url.path,
+                        "reason": "unknown or revoked token",
+                    },
+                )
+            )
             log.warning(
                 "failed login from %s: unknown or revoked API token (%s %s)",
                 host,
@@ -86,6 +99,8 @@ def require(permission: Permission | None) -> Callable[..., CallerContext]:
                 f"an admin can issue a new one (pacs users renew {user.name})",
                 error="invalid_token",
             )
+        caller = CallerContext(via="http", user=user.name, address=address)
+        request.state.caller = caller  # for the audit trail (api.audit), refusals included
         if permission is not None and not allows(user.role, permission):
             log.info(
                 "%s (%s) from %s refused %s %s: needs %s",
@@ -97,7 +112,7 @@ def require(permission: Permission | None) -> Callable[..., CallerContext]:
                 permission,
             )
             raise HTTPException(403, f"role {user.role} does not grant the {permission} permission")
-        return CallerContext(via="http", user=user.name, address=address)
+        return caller
 
     dependency.__name__ = f"require_{permission.value if permission else 'login'}"
     dependency.permission = permission or LOGIN  # type: ignore[attr-defined]  # read by required_permission

@@ -32,9 +32,11 @@ from dicom_nodes.pending import PendingResponses
 
 if TYPE_CHECKING:
     from dicom_nodes.server import Registry
+from pacs.audit import Action, AuditEvent, AuditTrail, Outcome
+from pacs.context import CallerContext
 from pacs.errors import InvalidQuery, QueryModelMismatch, ResourceUnavailable
 from pacs.query.identifier import query_from_identifier
-from pacs.query.model import InformationModel
+from pacs.query.model import InformationModel, Query, SingleValue
 from pacs.query.response import encode_identifier, response_identifier
 from pacs.services.search import SearchService
 
@@ -55,16 +57,63 @@ IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS = 0xA900
 UNABLE_TO_PROCESS = 0xC000
 SOP_CLASS_NOT_SUPPORTED = 0x0122
 PROCESSING_FAILURE = 0x0110
+PATIENT_ID = 0x00100020
+REFUSALS = {IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS, UNABLE_TO_PROCESS, SOP_CLASS_NOT_SUPPORTED}
 
 
 def register(registry: Registry) -> None:
     """FIND SCP for both information models, in the uncompressed transfer syntaxes."""
     for uid in MODELS:
         registry.add_context(uid, UNCOMPRESSED)
-    registry.bind(evt.EVT_C_FIND, handle_find, [registry.archive.search, registry.settings.ae_title])
+    registry.bind(
+        evt.EVT_C_FIND,
+        handle_find,
+        [registry.archive.search, registry.settings.ae_title, registry.archive.audit],
+    )
 
 
-def handle_find(event: Event, search: SearchService, ae_title: str) -> Iterator[tuple[Any, Dataset | None]]:
+def handle_find(
+    event: Event, search: SearchService, ae_title: str, audit: AuditTrail | None = None
+) -> Iterator[tuple[Any, Dataset | None]]:
+    failed = False
+    for answer in _answer(event, search, ae_title):
+        yield answer
+        if audit is not None and not isinstance(answer[0], int):  # a final failure status
+            failed = True
+            outcome = Outcome.REFUSED if int(answer[0].Status) in REFUSALS else Outcome.FAILURE
+            _audit(
+                audit, event, getattr(event, "_pacs_query", None), outcome, {"status": int(answer[0].Status)}
+            )
+    if audit is not None and not failed:
+        _audit(
+            audit,
+            event,
+            getattr(event, "_pacs_query", None),
+            Outcome.SUCCESS,
+            {"matches": getattr(event, "_pacs_matches", 0)},
+        )
+
+
+def _audit(
+    audit: AuditTrail, event: Event, query: Query | None, outcome: Outcome, detail: dict[str, Any]
+) -> None:
+    """Queue the audit entry of one C-FIND: who asked, for which part, the level, the outcome."""
+    requestor = event.assoc.requestor
+    caller = CallerContext(
+        via="c-find",
+        ae_title=(requestor.ae_title or "").strip(),
+        address=f"{requestor.address}:{requestor.port}",
+    )
+    part_id = None
+    if query is not None:
+        detail = {**detail, "level": str(query.level), "model": str(query.model)}
+        for key in query.keys:
+            if key.tag == PATIENT_ID and isinstance(key.matcher, SingleValue):
+                part_id = key.matcher.value
+    audit.record_later(AuditEvent(Action.QUERY, caller, outcome, part_id=part_id, detail=detail))
+
+
+def _answer(event: Event, search: SearchService, ae_title: str) -> Iterator[tuple[Any, Dataset | None]]:
     began = time.perf_counter()
     request = cast(C_FIND, event.request)
     assoc = event.assoc
@@ -89,6 +138,7 @@ def handle_find(event: Event, search: SearchService, ae_title: str) -> Iterator[
         yield _status(UNABLE_TO_PROCESS, f"cannot decode the identifier: {exc}")
         return
     log.info("C-FIND from %s: %s level, %s model", peer, query.level, model)
+    event._pacs_query = query  # type: ignore[attr-defined]  # for the audit entry
     sent = 0
     fast = PendingResponses.open(event)  # None: every response through pynetdicom
     try:
@@ -132,6 +182,7 @@ def handle_find(event: Event, search: SearchService, ae_title: str) -> Iterator[
         log.exception("C-FIND from %s failed unexpectedly", peer)
         yield _status(PROCESSING_FAILURE, f"internal error: {type(exc).__name__}")
         return
+    event._pacs_matches = sent  # type: ignore[attr-defined]
     # From the request handed over by pynetdicom to the last pending response sent (the final one
     # follows through pynetdicom): the archive's own time for the query.
     log.info("C-FIND from %s: %d match(es) in %.1f ms", peer, sent, (time.perf_counter() - began) * 1000)

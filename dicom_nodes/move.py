@@ -59,6 +59,7 @@ from dicom_nodes.transport import tune
 if TYPE_CHECKING:
     from dicom_nodes.server import Registry
 from pacs.archive import Archive
+from pacs.audit import Action, AuditEvent, Outcome
 from pacs.context import CallerContext
 from pacs.dicom import transcode
 from pacs.dicom.retrieve_keys import (
@@ -269,6 +270,7 @@ def send_instances(
             log.info(
                 "%s from %s cancelled after %d of %d instance(s)", verb, ctx.describe(), done, len(items)
             )
+            _audit(archive, ctx, peer, items[:done], failed, cancelled=True)
             yield CANCEL, None
             return
         dataset: Dataset | None = None
@@ -295,6 +297,34 @@ def send_instances(
         yield PENDING, dataset
     if failed:
         log.warning("%s from %s: %d instance(s) could not be sent", verb, ctx.describe(), failed)
+    _audit(archive, ctx, peer, items, failed, cancelled=False)
+
+
+def _audit(
+    archive: Archive,
+    ctx: CallerContext,
+    peer: str,
+    items: Sequence[RetrieveItem],
+    failed: int,
+    *,
+    cancelled: bool,
+) -> None:
+    """Queue the audit entry of a C-MOVE / C-GET: the instances offered to ``peer`` (the trail finds
+    their parts and inspections)."""
+    archive.audit.record_later(
+        AuditEvent(
+            Action.RETRIEVE,
+            ctx,
+            Outcome.FAILURE if failed else Outcome.SUCCESS,
+            detail={
+                "destination": peer,
+                "sent": len(items) - failed,
+                "failed": failed,
+                "cancelled": cancelled,
+            },
+            instances=[item.sop_instance_uid for item in items],
+        )
+    )
 
 
 def unsendable(item: RetrieveItem) -> Dataset:

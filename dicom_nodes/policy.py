@@ -25,11 +25,14 @@ from typing import Any, Protocol, cast
 
 from pydicom.dataset import Dataset
 from pynetdicom import evt
+from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.events import Event
 from pynetdicom.pdu_primitives import A_ASSOCIATE
 
 from dicom_nodes.spool import Spooler
+from pacs.audit import Action, AuditEvent, AuditTrail, Outcome
 from pacs.config import peer_role, split_peer
+from pacs.context import CallerContext
 from pacs.security import Permission, Role, allows
 
 log = logging.getLogger(__name__)
@@ -197,11 +200,14 @@ _PERMISSIONS = {
 }
 
 
-def guard(handlers: Sequence[tuple[Any, ...]], spooler: Spooler | None = None) -> list[tuple[Any, ...]]:
+def guard(
+    handlers: Sequence[tuple[Any, ...]], spooler: Spooler | None = None, audit: AuditTrail | None = None
+) -> list[tuple[Any, ...]]:
     """``handlers`` with the role check in front of the C-STORE, C-FIND and N-ACTION ones.
 
     A refused C-STORE's dataset has been received already (pynetdicom calls the handler after the
-    last fragment); ``spooler`` discards the object it was streamed into.
+    last fragment); ``spooler`` discards the object it was streamed into. With ``audit``, every
+    C-STORE's outcome goes into the audit trail (queued; the trail finds the instance's part).
     """
     guarded: list[tuple[Any, ...]] = []
     for binding in handlers:
@@ -213,7 +219,7 @@ def guard(handlers: Sequence[tuple[Any, ...]], spooler: Spooler | None = None) -
         if event is evt.EVT_C_FIND:
             wrapped = _guard_find(handler, permission)
         elif event is evt.EVT_C_STORE:
-            wrapped = _guard_store(handler, permission, spooler)
+            wrapped = _guard_store(handler, permission, spooler, audit)
         else:
             wrapped = _guard_n_action(handler, permission)
         guarded.append((event, wrapped, *args))
@@ -239,18 +245,53 @@ def _refused(event: Event, service: str, reason: str) -> Dataset:
 Handler = Callable[..., Any]
 
 
-def _guard_store(handler: Handler, permission: Permission, spooler: Spooler | None) -> Handler:
+def _guard_store(
+    handler: Handler, permission: Permission, spooler: Spooler | None, audit: AuditTrail | None
+) -> Handler:
     def guarded(event: Event, *args: Any) -> Any:
         reason = refusal(event.assoc, permission)
         if reason is None:
-            return handler(event, *args)
-        if spooler is not None:
-            spool = spooler.claim(event.dataset_path)
-            if spool is not None:
-                spool.discard()
-        return _refused(event, "C-STORE", reason)
+            status = handler(event, *args)
+        else:
+            if spooler is not None:
+                spool = spooler.claim(event.dataset_path)
+                if spool is not None:
+                    spool.discard()
+            status = _refused(event, "C-STORE", reason)
+        if audit is not None:
+            _audit_store(audit, event, status)
+        return status
 
     return guarded
+
+
+def _audit_store(audit: AuditTrail, event: Event, status: Any) -> None:
+    code = int(status.Status if isinstance(status, Dataset) else status)
+    if code == 0x0000 or code & 0xF000 == 0xB000:  # success, or a warning: stored
+        outcome = Outcome.SUCCESS
+    elif code & 0xFF00 == 0xA700 or code == 0x0110:  # out of resources, processing failure
+        outcome = Outcome.FAILURE
+    else:  # not authorised, cannot understand, SOP class not supported
+        outcome = Outcome.REFUSED
+    requestor = event.assoc.requestor
+    caller = CallerContext(
+        via="c-store",
+        ae_title=(requestor.ae_title or "").strip(),
+        address=f"{requestor.address}:{requestor.port}",
+    )
+    request = cast(C_STORE, event.request)
+    detail: dict[str, Any] = {"status": code, "sop_class_uid": str(request.AffectedSOPClassUID or "")}
+    if outcome is not Outcome.SUCCESS and isinstance(status, Dataset) and "ErrorComment" in status:
+        detail["reason"] = str(status.ErrorComment)
+    audit.record_later(
+        AuditEvent(
+            Action.STORE,
+            caller,
+            outcome,
+            detail=detail,
+            instances=[str(request.AffectedSOPInstanceUID or "")],
+        )
+    )
 
 
 def _guard_find(handler: Handler, permission: Permission) -> Handler:

@@ -137,7 +137,7 @@ class DicomNode:
         handlers = [
             *policy.handlers(),
             (evt.EVT_CONN_CLOSE, spooler.on_connection_closed),
-            *guard(registry.handlers, spooler),
+            *guard(registry.handlers, spooler, archive.audit),
         ]
         self.server = SharedSocketServer(ae, listening, ae.supported_contexts, handlers)
         ae._servers.append(self.server)

@@ -12,7 +12,9 @@ from pathlib import Path
 from sqlalchemy import Engine
 from sqlalchemy.engine import make_url
 
+from pacs.audit import AuditTrail
 from pacs.config import Settings
+from pacs.decisions import DecisionRepository
 from pacs.errors import ResourceUnavailable
 from pacs.index import migrate
 from pacs.index.database import create_index_engine, redact_url
@@ -39,6 +41,8 @@ class Archive:
     nodes: NodeRepository
     search: SearchService
     users: UserRepository
+    audit: AuditTrail
+    decisions: DecisionRepository
     #: C-ECHO / C-STORE to other nodes; set by the composition root where the DIMSE face runs.
     peers: DicomPeers | None = None
 
@@ -52,6 +56,7 @@ class Archive:
         return f"index {redact_url(str(self.settings.database_url))}, objects {self.store.location}"
 
     def close(self) -> None:
+        self.audit.close()
         self.ingest.close()
         self.store.close()
         self.engine.dispose()
@@ -77,6 +82,7 @@ def open_archive(settings: Settings, *, upgrade_schema: bool = True) -> Archive:
             raise
         raise ResourceUnavailable(f"index {redact_url(settings.database_url)}: {exc}") from exc
     index = IndexRepository(engine)
+    audit = AuditTrail(engine)
     return Archive(
         settings=settings,
         engine=engine,
@@ -87,6 +93,8 @@ def open_archive(settings: Settings, *, upgrade_schema: bool = True) -> Archive:
         nodes=NodeRepository(engine),
         search=SearchService(engine),
         users=UserRepository(engine),
+        audit=audit,
+        decisions=DecisionRepository(engine, audit),
     )
 
 

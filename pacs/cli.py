@@ -27,6 +27,7 @@ from pacs.archive import Archive, open_archive
 from pacs.config import ConfigError, Settings, load_settings
 from pacs.context import CallerContext
 from pacs.errors import PacsError
+from pacs.evidence_cli import add_commands as add_evidence_commands
 
 log = logging.getLogger("pacs")
 
@@ -128,6 +129,7 @@ def _parser() -> argparse.ArgumentParser:
     imp.add_argument("paths", nargs="+", type=Path, metavar="PATH")
     imp.add_argument("--jobs", type=int, default=4, help="files processed in parallel (4)")
     imp.set_defaults(run=_import)
+    add_evidence_commands(commands, common)
 
     nodes = commands.add_parser("nodes", help="DICOM nodes the archive sends to (C-MOVE destinations, peers)")
     node_commands = nodes.add_subparsers(dest="nodes_command", metavar="ACTION", required=True)
@@ -183,6 +185,29 @@ def _parser() -> argparse.ArgumentParser:
     )
     user_renew.add_argument("user_name", metavar="NAME")
     user_renew.set_defaults(run=_users_renew)
+
+    audit = commands.add_parser("audit", help="the audit trail: verify its hash chain, export it")
+    audit_commands = audit.add_subparsers(dest="audit_command", metavar="ACTION", required=True)
+    audit_verify = audit_commands.add_parser(
+        "verify",
+        parents=[common],
+        help="recompute the hash chain; names the first edited, inserted or deleted entry",
+    )
+    audit_verify.set_defaults(run=_audit_verify)
+    audit_export = audit_commands.add_parser(
+        "export",
+        parents=[common],
+        help="write the trail (or a part's entries) as JSON lines or DICOM audit messages",
+    )
+    audit_export.add_argument("out", metavar="OUT", help="the file to write; - for standard output")
+    audit_export.add_argument("--part", metavar="PART_ID", help="only the entries of this part ID")
+    audit_export.add_argument(
+        "--format",
+        choices=["jsonl", "dicom"],
+        default="jsonl",
+        help="jsonl: one entry a line, with its hash (default); dicom: PS3.15 A.5 audit messages (XML)",
+    )
+    audit_export.set_defaults(run=_audit_export)
 
     send = commands.add_parser("send", parents=[common], help="send stored instances to a node (C-STORE)")
     send.add_argument("node", metavar="NODE", help="AE title of a node registered with `pacs nodes add`")
@@ -242,6 +267,9 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
     register_configured_nodes(archive)
     first_token = archive.users.add_first_admin()
     if first_token is not None:
+        _audit_change(
+            archive, "user-change", {"user": FIRST_ADMIN, "change": "add", "role": "admin", "first": True}
+        )
         # Printed once, on stdout (not in the log); only its SHA-256 is kept.
         print(
             f"no users yet: created the user {FIRST_ADMIN!r} with role admin; its API token follows, "
@@ -249,6 +277,7 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
             flush=True,
         )
         print(first_token, flush=True)
+    _audit_configuration(archive, settings)
     description = archive.describe()
     stale = archive.store.sweep_staging(older_than=3600)
     if stale:
@@ -443,6 +472,11 @@ def _nodes_add(settings: Settings, args: argparse.Namespace) -> int:
     archive = open_archive(settings)
     try:
         archive.nodes.add(node, replace=args.replace)
+        _audit_change(
+            archive,
+            "node-change",
+            {"node": node.ae_title, "change": "add", "address": f"{node.host}:{node.port}"},
+        )
     finally:
         archive.close()
     print(f"registered {node.describe()}")
@@ -467,6 +501,7 @@ def _nodes_remove(settings: Settings, args: argparse.Namespace) -> int:
     archive = open_archive(settings, upgrade_schema=False)
     try:
         archive.nodes.remove(args.node_ae_title)
+        _audit_change(archive, "node-change", {"node": args.node_ae_title, "change": "remove"})
     finally:
         archive.close()
     print(f"removed {args.node_ae_title}")
@@ -481,6 +516,7 @@ def _users_add(settings: Settings, args: argparse.Namespace) -> int:
     expires_at = _expiry(args.expires_in)
     try:
         token = archive.users.add(args.user_name, args.role, expires_at=expires_at)
+        _audit_change(archive, "user-change", {"user": args.user_name, "change": "add", "role": args.role})
     except InvalidUser as exc:
         print(f"pacs users add: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -499,6 +535,7 @@ def _users_renew(settings: Settings, args: argparse.Namespace) -> int:
     expires_at = _expiry(args.expires_in)
     try:
         token = archive.users.renew(args.user_name, expires_at=expires_at)
+        _audit_change(archive, "user-change", {"user": args.user_name, "change": "renew"})
     finally:
         archive.close()
     print(
@@ -552,9 +589,95 @@ def _users_revoke(settings: Settings, args: argparse.Namespace) -> int:
     archive = open_archive(settings, upgrade_schema=False)
     try:
         user = archive.users.revoke(args.user_name)
+        _audit_change(archive, "user-change", {"user": args.user_name, "change": "revoke"})
     finally:
         archive.close()
     print(f"revoked {user.name} ({user.role}): its token no longer works")
+    return EXIT_OK
+
+
+# -- audit ------------------------------------------------------------------------------------------
+def _audit_change(archive: Archive, action: str, detail: dict[str, Any]) -> None:
+    """Record a change made from the command line, by the operating system user who ran it."""
+    from pacs.audit import Action, AuditEvent
+
+    archive.audit.record(
+        AuditEvent(Action(action), CallerContext(via="cli", user=f"os:{getpass.getuser()}"), detail=detail)
+    )
+
+
+def _audit_configuration(archive: Archive, settings: Settings) -> None:
+    """At start: a config-change entry when the effective settings differ from the last recorded
+    ones (secrets in URLs masked), naming the settings that changed."""
+    import hashlib
+    import json
+    import re
+
+    from pacs.audit import Action, AuditEvent
+
+    values = settings.model_dump(mode="json", exclude={"nodes"})
+    for key in ("database_url", "object_store"):
+        if isinstance(values.get(key), str):
+            values[key] = re.sub(r"//([^:/@]*):[^@]*@", r"//\1:***@", values[key])
+    digest = hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()
+    last = None
+    for entry in archive.audit.iterate(action=str(Action.CONFIG_CHANGE)):
+        last = entry
+    if last is not None and last.detail.get("digest") == digest:
+        return
+    before = last.detail.get("settings", {}) if last is not None else {}
+    changed = sorted(k for k in values if before.get(k) != values[k])
+    archive.audit.record(
+        AuditEvent(
+            Action.CONFIG_CHANGE,
+            CallerContext(via="cli", user=f"os:{getpass.getuser()}"),
+            detail={"digest": digest, "settings": values, "changed": changed, "first": last is None},
+        )
+    )
+
+
+def _audit_verify(settings: Settings, args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    archive = open_archive(settings, upgrade_schema=False)
+    try:
+        with tqdm(desc="verifying", unit=" entries", file=sys.stderr, disable=None) as bar:
+            result = archive.audit.verify(progress=lambda n: bar.update(1))
+    finally:
+        archive.close()
+    if result.ok:
+        print(f"audit trail intact: {result.checked} entries, head {result.head_seq}")
+        return EXIT_OK
+    print(f"audit trail BROKEN at entry {result.broken_seq}: {result.problem}", file=sys.stderr)
+    print(f"checked {result.checked} entries before it; head {result.head_seq}", file=sys.stderr)
+    return EXIT_PROBLEMS
+
+
+def _audit_export(settings: Settings, args: argparse.Namespace) -> int:
+    from pacs.audit import dicom_audit_message, json_lines
+
+    archive = open_archive(settings, upgrade_schema=False)
+    count = 0
+    try:
+        entries = archive.audit.iterate(part_id=args.part)
+        out = sys.stdout if args.out == "-" else open(args.out, "w", encoding="utf-8")  # noqa: SIM115
+        try:
+            if args.format == "jsonl":
+                for line in json_lines(entries):
+                    out.write(line)
+                    count += 1
+            else:
+                out.write('<?xml version="1.0" encoding="UTF-8"?>\n<AuditMessages>\n')
+                for entry in entries:
+                    out.write(dicom_audit_message(entry, settings.ae_title) + "\n")
+                    count += 1
+                out.write("</AuditMessages>\n")
+        finally:
+            if out is not sys.stdout:
+                out.close()
+    finally:
+        archive.close()
+    print(f"wrote {count} audit entries to {args.out}", file=sys.stderr)
     return EXIT_OK
 
 

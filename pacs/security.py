@@ -35,6 +35,7 @@ class Permission(enum.StrEnum):
     STORE = "store"  # C-STORE, storage commitment, STOW-RS
     QUERY = "query"  # C-FIND, QIDO-RS, /api/parts
     RETRIEVE = "retrieve"  # C-MOVE, C-GET, WADO-RS / WADO-URI, rendered images
+    DECIDE = "decide"  # record an inspection decision (disposition)
     AUDIT = "audit"  # evidence and audit trail
     ADMIN = "admin"  # users, nodes, sending to nodes, system operations
 
@@ -48,7 +49,7 @@ class Role(enum.StrEnum):
 
 ROLE_PERMISSIONS: dict[Role, frozenset[Permission]] = {
     Role.DEVICE: frozenset({Permission.STORE}),
-    Role.INSPECTOR: frozenset({Permission.QUERY, Permission.RETRIEVE}),
+    Role.INSPECTOR: frozenset({Permission.QUERY, Permission.RETRIEVE, Permission.DECIDE}),
     Role.AUDITOR: frozenset({Permission.QUERY, Permission.RETRIEVE, Permission.AUDIT}),
     Role.ADMIN: frozenset(Permission),
 }

@@ -28,6 +28,7 @@ from fastapi.responses import JSONResponse, Response
 from pydicom.errors import InvalidDicomError
 from starlette.requests import ClientDisconnect
 
+from api.audit import note
 from api.auth import require
 from api.deps import archive_of
 from api.dicomweb.multipart_in import (
@@ -151,6 +152,12 @@ async def _stow(request: Request, caller: CallerContext, study: str | None) -> R
                 _abort(left.sink)
     if reader.parts_seen == 0:
         raise HTTPException(400, f"the body has no part delimited by boundary {boundary.decode('latin-1')!r}")
+    kept = [r.header for r in results if r.failure is None and r.header is not None]
+    note(  # the audit entry (api.audit): what was stored, the trail finds the parts
+        request,
+        uids=sorted({h.study_instance_uid for h in kept if h.study_instance_uid}),
+        instances=[h.sop_instance_uid for h in kept if h.sop_instance_uid],
+    )
     return _response(request, study, results, malformed=reader.error is not None)
 
 

@@ -193,3 +193,47 @@ users = Table(
     UniqueConstraint("name"),
     UniqueConstraint("token_sha256"),
 )
+
+# The audit trail (pacs/audit.py): append-only, hash-chained. ``seq`` is given under the lock of
+# ``audit_head`` (one row: the last seq and hash), so it has no gaps, and each entry's ``hash`` is
+# the SHA-256 of its fields and the previous entry's hash: an edited, inserted or deleted entry
+# breaks the chain, a deleted tail disagrees with the head.
+audit_entry = Table(
+    "audit_entry",
+    metadata,
+    Column("seq", Id, primary_key=True, autoincrement=False),
+    Column("at", Timestamp, nullable=False, index=True),
+    Column("action", String(32), nullable=False, index=True),
+    Column("outcome", String(16), nullable=False),
+    Column("via", String(16), nullable=True),
+    Column("user_name", String(64), nullable=True, index=True),
+    Column("ae_title", String(16), nullable=True),
+    Column("address", String(64), nullable=True),
+    Column("part_id", String(64), nullable=True, index=True),
+    Column("uids", String(), nullable=False),  # JSON list
+    Column("detail", String(), nullable=False),  # JSON object
+    Column("prev_hash", String(64), nullable=False),
+    Column("hash", String(64), nullable=False),
+)
+
+audit_head = Table(
+    "audit_head",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=False),
+    Column("seq", Id, nullable=False),
+    Column("hash", String(64), nullable=False),
+)
+
+# Inspection decisions (pacs/decisions.py): never updated or deleted; a later one supersedes.
+decision = Table(
+    "decision",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("inspection_id", Id, ForeignKey("inspection.id"), nullable=False, index=True),
+    Column("disposition", String(16), nullable=False),
+    Column("comment", String(), nullable=False),
+    Column("user_name", String(64), nullable=False),
+    Column("decided_at", Timestamp, nullable=False),
+    Column("supersedes_id", Id, ForeignKey("decision.id"), nullable=True),
+    UniqueConstraint("supersedes_id"),  # a decision is superseded once: no two branches
+)

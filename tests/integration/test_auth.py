@@ -177,9 +177,9 @@ def test_expired_tokens_get_401_saying_so_and_renew_issues_a_new_one(
 def test_me_names_the_user_role_and_permissions_of_any_valid_token(web: RunningWeb) -> None:
     expected = {
         "device": ["store"],
-        "inspector": ["query", "retrieve"],
+        "inspector": ["query", "retrieve", "decide"],
         "auditor": ["query", "retrieve", "audit"],
-        "admin": ["store", "query", "retrieve", "audit", "admin"],
+        "admin": ["store", "query", "retrieve", "decide", "audit", "admin"],
     }
     for role, permissions in expected.items():
         with web.client(role) as client:
