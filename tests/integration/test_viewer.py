@@ -281,15 +281,45 @@ def test_a_token_that_expires_during_the_session_sends_the_user_back_to_sign_in(
     expect(page.get_by_test_id("result-row")).to_have_count(2)
 
 
-def test_only_roles_with_the_audit_permission_see_the_evidence_button(page: Page, served: Served) -> None:
+def test_only_roles_with_the_audit_permission_see_the_evidence_button(
+    page: Page, served: Served, tmp_path: Path
+) -> None:
+    from pacs.services.evidence import verify_package
+
     sign_in(page, served, "inspector", "#/part/BLADE-0001")
     expect(page.get_by_test_id("part-id")).to_have_text("BLADE-0001")
     expect(page.get_by_test_id("evidence")).to_be_hidden()
     page.get_by_test_id("sign-out").click()
     sign_in(page, served, "auditor", "#/part/BLADE-0001")
     expect(page.get_by_test_id("evidence")).to_be_visible()
-    page.get_by_test_id("evidence").click()  # the endpoint comes with the evidence issue
-    expect(page.get_by_test_id("evidence-status")).not_to_be_empty()
+    with page.expect_download() as download:
+        page.get_by_test_id("evidence").click()
+    saved = tmp_path / download.value.suggested_filename
+    download.value.save_as(saved)
+    assert saved.name.startswith("evidence-BLADE-0001") and saved.suffix == ".zip"
+    assert verify_package(saved).ok
+    expect(page.get_by_test_id("evidence-status")).to_contain_text("Evidence downloaded")
+
+
+def test_the_part_page_shows_decisions_newest_first_and_marks_superseded_ones(
+    page: Page, served: Served
+) -> None:
+    study = served.refs["blade-2023"].study
+    decisions = served.web.archive.decisions
+    decisions.record(study, "rework", "undercut at 120 mm", CallerContext(via="http", user="ws-anna"))
+    decisions.record(study, "accepted", "", CallerContext(via="http", user="ws-ben"))
+    sign_in(page, served, "inspector", "#/part/BLADE-0001")
+    card = page.locator(f'[data-testid="inspection"][data-study="{study}"]')
+    items = card.get_by_test_id("decision")
+    expect(items).to_have_count(2)
+    expect(items.nth(0)).to_have_attribute("data-current", "true")
+    expect(items.nth(0)).to_contain_text("accepted")
+    expect(items.nth(0)).to_contain_text("ws-ben")
+    expect(items.nth(1)).to_have_attribute("data-current", "false")
+    expect(items.nth(1)).to_contain_text("undercut at 120 mm")
+    expect(items.nth(1)).to_contain_text("(superseded)")
+    other = page.locator(f'[data-testid="inspection"][data-study="{served.refs["blade-2024"].study}"]')
+    expect(other.get_by_test_id("decisions")).to_have_text("No decision recorded.")
 
 
 # -- worklist ---------------------------------------------------------------------------------------

@@ -124,7 +124,13 @@ export async function part(partId, opts) {
   return (await json(`${REST}/parts/${encodeURIComponent(partId)}`, opts)).body;
 }
 
-/** The evidence of a part (issue 6): a download, for roles with the audit permission. */
+/** Every decision on every inspection of a part, oldest first. */
+export async function decisions(partId, opts) {
+  const response = await request(`${REST}/parts/${encodeURIComponent(partId)}/decisions`, opts);
+  return response.json();
+}
+
+/** The evidence package of a part (a signed ZIP): for roles with the audit permission. */
 export async function evidence(partId, opts) {
   return request(`${REST}/parts/${encodeURIComponent(partId)}/evidence`, opts);
 }

@@ -120,8 +120,20 @@ export function renderPart(root, partId, params) {
     location.hash = routeHref("/view", { a, b, part: partId });
   }
 
-  Promise.all([api.part(partId, { signal: controller.signal }), ndeNames()])
-    .then(([part, names]) => show(part, names))
+  let decisionsByStudy = new Map();
+  Promise.all([
+    api.part(partId, { signal: controller.signal }),
+    ndeNames(),
+    api.decisions(partId, { signal: controller.signal }).catch((error) => (error.name === "AbortError" ? Promise.reject(error) : [])),
+  ])
+    .then(([part, names, decisions]) => {
+      decisionsByStudy = new Map();
+      for (const d of decisions) {
+        if (!decisionsByStudy.has(d.study_instance_uid)) decisionsByStudy.set(d.study_instance_uid, []);
+        decisionsByStudy.get(d.study_instance_uid).push(d);
+      }
+      show(part, names);
+    })
     .catch((error) => {
       if (error.name === "AbortError") return;
       clear(view).append(
@@ -149,20 +161,21 @@ export function renderPart(root, partId, params) {
     );
     const evidenceStatus = h("span", { class: "muted", "data-testid": "evidence-status", "aria-live": "polite" });
 
-    // ISSUE 6 (evidence): GET /api/parts/{part_id}/evidence does not exist yet. The button shows only
-    // for roles with the audit permission; wire the download's file name and format when it lands.
+    // The package streams from the archive; the file name is the one it gives (Content-Disposition).
     async function downloadEvidence() {
       evidenceStatus.textContent = "Preparing the evidence…";
       try {
         const response = await api.evidence(part.part_id, { signal: controller.signal });
+        const disposition = response.headers.get("Content-Disposition") || "";
+        const named = /filename="([^"]+)"/.exec(disposition);
         const blob = await response.blob();
-        const a = h("a", { href: URL.createObjectURL(blob), download: `evidence-${part.part_id}` });
+        const a = h("a", { href: URL.createObjectURL(blob), download: named ? named[1] : `evidence-${part.part_id}.zip` });
         document.body.append(a);
         a.click();
         a.remove();
-        evidenceStatus.textContent = "";
+        evidenceStatus.textContent = `Evidence downloaded (${(blob.size / 1e6).toFixed(1)} MB); check it with pacs evidence verify.`;
       } catch (error) {
-        evidenceStatus.textContent = error.kind === "notfound" ? "The evidence download is not available on this archive yet." : error.message;
+        evidenceStatus.textContent = error.message;
       }
     }
 
@@ -217,6 +230,7 @@ export function renderPart(root, partId, params) {
             .join(" · "),
         ),
       ),
+      decisionList(decisionsByStudy.get(inspection.study_instance_uid) || []),
       series,
     );
     api
@@ -229,6 +243,27 @@ export function renderPart(root, partId, params) {
       })
       .catch((error) => error.name !== "AbortError" && clear(series).append(notice("error", error.message, "series-error")));
     return card;
+  }
+
+  // Decisions are shown, never edited here: the newest is the current one, earlier ones are marked
+  // superseded. Each names the inspector and the time.
+  function decisionList(decisions) {
+    if (!decisions.length) return h("p", { class: "muted decisions", "data-testid": "decisions" }, "No decision recorded.");
+    const newestFirst = [...decisions].reverse();
+    return h(
+      "ul",
+      { class: "decisions", "data-testid": "decisions" },
+      newestFirst.map((d) =>
+        h(
+          "li",
+          { class: d.current ? "decision current" : "decision superseded", "data-testid": "decision", "data-current": String(d.current) },
+          h("span", { class: `tag disposition-${d.disposition}` }, d.disposition),
+          " ",
+          d.comment || "",
+          h("span", { class: "muted" }, ` — ${d.user}, ${new Date(d.decided_at).toISOString().replace("T", " ").slice(0, 16)} UTC${d.current ? "" : " (superseded)"}`),
+        ),
+      ),
+    );
   }
 
   function seriesRow(inspection, s) {
