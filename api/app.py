@@ -14,7 +14,7 @@ import pacs
 from api import metrics
 from api.audit import AuditMiddleware
 from api.dicomweb import qido, rendered, stow, uri, wado
-from api.rest import audit, decisions, evidence, nodes, parts, session, system
+from api.rest import audit, decisions, evidence, nodes, parts, retention, session, system
 from pacs.archive import Archive
 
 DICOMWEB = "/dicom-web"
@@ -44,8 +44,8 @@ def create_app(archive: Archive) -> FastAPI:
         )
     for module in (qido, wado, rendered, stow, uri):
         app.include_router(module.router, prefix=DICOMWEB, tags=["DICOMweb"])
-    # decisions and evidence before parts, whose /parts/{part_id:path} would take /parts/X/evidence
-    for module in (decisions, evidence, parts, nodes, system, session, audit):
+    # decisions, evidence and holds before parts, whose /parts/{part_id:path} would take /parts/X/evidence
+    for module in (decisions, evidence, retention, parts, nodes, system, session, audit):
         app.include_router(module.router, prefix=REST)
     app.include_router(metrics.router, tags=["operations"])
 

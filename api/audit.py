@@ -102,8 +102,12 @@ def _action(permission: Permission | str | None, method: str, path: str) -> Acti
     if permission == Permission.STORE:
         return Action.STORE
     if permission == Permission.AUDIT:
-        return Action.EXPORT if path.endswith("/evidence") else Action.QUERY
+        if path.endswith("/evidence"):
+            return Action.EXPORT
+        return Action.QUERY if method == "GET" else None  # holds: recorded by pacs.retention itself
     if permission == Permission.ADMIN:
+        if path.startswith("/api/inspections"):
+            return None  # deletion requests: recorded by pacs.retention in their own transaction
         if path.startswith("/api/nodes"):
             if path.endswith("/send"):
                 return Action.EXPORT

@@ -22,6 +22,7 @@ from pacs.index.nodes import NodeRepository
 from pacs.index.repository import IndexRepository
 from pacs.index.users import UserRepository
 from pacs.peers import DicomPeers
+from pacs.retention import RetentionService
 from pacs.services.fsck import FsckService
 from pacs.services.importer import ImportService
 from pacs.services.ingest import IngestService
@@ -43,6 +44,7 @@ class Archive:
     users: UserRepository
     audit: AuditTrail
     decisions: DecisionRepository
+    retention: RetentionService
     #: C-ECHO / C-STORE to other nodes; set by the composition root where the DIMSE face runs.
     peers: DicomPeers | None = None
 
@@ -95,6 +97,7 @@ def open_archive(settings: Settings, *, upgrade_schema: bool = True) -> Archive:
         users=UserRepository(engine),
         audit=audit,
         decisions=DecisionRepository(engine, audit),
+        retention=RetentionService(engine, store, audit, settings.retention_rules, settings.purge_grace_days),
     )
 
 

@@ -28,6 +28,7 @@ from pacs.config import ConfigError, Settings, load_settings
 from pacs.context import CallerContext
 from pacs.errors import PacsError
 from pacs.evidence_cli import add_commands as add_evidence_commands
+from pacs.retention_cli import add_commands as add_retention_commands
 
 log = logging.getLogger("pacs")
 
@@ -130,6 +131,7 @@ def _parser() -> argparse.ArgumentParser:
     imp.add_argument("--jobs", type=int, default=4, help="files processed in parallel (4)")
     imp.set_defaults(run=_import)
     add_evidence_commands(commands, common)
+    add_retention_commands(commands, common)
 
     nodes = commands.add_parser("nodes", help="DICOM nodes the archive sends to (C-MOVE destinations, peers)")
     node_commands = nodes.add_subparsers(dest="nodes_command", metavar="ACTION", required=True)

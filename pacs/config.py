@@ -37,6 +37,18 @@ def peer_role(entry: str) -> Role:
     return parse_role(role) if equals else Role.ADMIN
 
 
+class RetentionRule(BaseModel):
+    """How long inspections are kept (``[[pacs.retention_rules]]``): those of an NDE method (Modality
+    in the inspection) and/or of parts matching a pattern (``*`` and ``?``), ``years`` after the
+    inspection date. When several rules match, the longest applies."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    method: str | None = Field(None, max_length=16, description="e.g. DX, CT, US; none: every method")
+    part: str | None = Field(None, max_length=64, description="a part ID pattern; none: every part")
+    years: int = Field(ge=1, le=200)
+
+
 class NodeSetting(BaseModel):
     """A DICOM node in the configuration file (``[[pacs.nodes]]``); registered when ``pacs serve`` starts."""
 
@@ -98,6 +110,13 @@ class Settings(BaseSettings):
         30.0, ge=0, description="seconds in-flight associations get to finish on SIGTERM"
     )
     log_level: str = Field("INFO", description="DEBUG, INFO, WARNING or ERROR")
+    retention_rules: list[RetentionRule] = Field(
+        default_factory=list,
+        description="how long inspections are kept before they may be deleted; none: no constraint",
+    )
+    purge_grace_days: float = Field(
+        7.0, ge=0, description="days between a deletion request and `pacs purge` carrying it out"
+    )
     evidence_key: Path | None = Field(
         None,
         description="the archive's Ed25519 private key (PEM) that signs evidence packages; made on first "

@@ -101,6 +101,10 @@ inspection = Table(
     _counter("number_of_series"),
     _counter("number_of_instances"),
     Column("created_at", Timestamp, nullable=False),
+    # Two-phase deletion (pacs/retention.py): asked for here, carried out by `pacs purge` later.
+    Column("delete_requested_at", Timestamp, nullable=True),
+    Column("delete_requested_by", String(64), nullable=True),
+    Column("delete_reason", String(), nullable=True),
     UniqueConstraint("study_instance_uid"),
     Index(None, "study_date"),
     Index(None, "accession_number"),
@@ -236,4 +240,18 @@ decision = Table(
     Column("decided_at", Timestamp, nullable=False),
     Column("supersedes_id", Id, ForeignKey("decision.id"), nullable=True),
     UniqueConstraint("supersedes_id"),  # a decision is superseded once: no two branches
+)
+
+# Legal holds (pacs/retention.py): while a part has an active hold (released_at NULL), none of its
+# inspections may be deleted. Rows are kept when released.
+legal_hold = Table(
+    "legal_hold",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("part_id", String(64), nullable=False, index=True),
+    Column("reason", String(), nullable=False),
+    Column("placed_by", String(64), nullable=False),
+    Column("placed_at", Timestamp, nullable=False),
+    Column("released_by", String(64), nullable=True),
+    Column("released_at", Timestamp, nullable=True),
 )
