@@ -27,7 +27,7 @@ import threading
 import time
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from sqlalchemy import Connection, Engine, literal, select, update
@@ -395,7 +395,9 @@ def _with_parts(conn: Connection, events: Sequence[AuditEvent]) -> list[AuditEve
     part their instances or inspections belong to."""
     out: list[AuditEvent] = []
     for event in events:
-        if event.part_id is not None or not (event.instances or event.uids):
+        if not (event.instances or event.uids) or (
+            event.part_id is not None and (event.uids or not event.instances)
+        ):
             out.append(_listing(event, event.instances))
             continue
         if event.instances:
@@ -418,6 +420,10 @@ def _with_parts(conn: Connection, events: Sequence[AuditEvent]) -> list[AuditEve
                 uids.append(uid)
         if not by_part:  # nothing of it in the index (a failed store, a refused request)
             out.append(_listing(event, event.instances))
+            continue
+        if event.part_id is not None:  # the part is known: only its inspections are looked up
+            studies = {study for _, study, part in rows if part == event.part_id}
+            out.append(_listing(replace(event, uids=sorted(studies)), event.instances))
             continue
         for part, (studies, uids) in sorted(by_part.items()):
             split = AuditEvent(event.action, event.caller, event.outcome, part, sorted(studies), event.detail)

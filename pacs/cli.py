@@ -442,6 +442,7 @@ def _import(settings: Settings, args: argparse.Namespace) -> int:
                 jobs=args.jobs,
                 on_file=lambda path, outcome: bar.update(1),
             )
+        _audit_import(archive, summary)
     finally:
         archive.close()
     for path, reason in summary.rejected:
@@ -450,6 +451,29 @@ def _import(settings: Settings, args: argparse.Namespace) -> int:
         print(f"skipped: {path}: {reason}")
     print(summary.line())
     return EXIT_PROBLEMS if summary.rejected else EXIT_OK
+
+
+def _audit_import(archive: Archive, summary: Any) -> None:
+    """One audit entry per part the import stored into, and one for the files it rejected."""
+    from pacs.audit import Action, AuditEvent, Outcome
+
+    caller = CallerContext(via="import", user=f"os:{getpass.getuser()}")
+    events = [
+        AuditEvent(Action.STORE, caller, part_id=part_id, instances=uids, detail={"files": len(uids)})
+        for part_id, uids in sorted(summary.instances.items())
+    ]
+    if summary.rejected:
+        rejected = [f"{path}: {reason}"[:300] for path, reason in summary.rejected[:100]]
+        events.append(
+            AuditEvent(
+                Action.STORE,
+                caller,
+                Outcome.REFUSED,
+                detail={"rejected": len(summary.rejected), "files": rejected},
+            )
+        )
+    for event in events:
+        archive.audit.record_later(event)
 
 
 def _without_path(reason: str, path: Path) -> str:
@@ -638,6 +662,24 @@ def _audit_configuration(archive: Archive, settings: Settings) -> None:
     )
 
 
+def _audit_cli_event(
+    archive: Archive,
+    action: str,
+    detail: dict[str, Any],
+    *,
+    instances: Sequence[str] = (),
+    failed: bool = False,
+) -> None:
+    """An exchange with another node run from the command line (``pacs send`` / ``retrieve``)."""
+    from pacs.audit import Action, AuditEvent, Outcome
+
+    caller = CallerContext(via="cli", user=f"os:{getpass.getuser()}")
+    outcome = Outcome.FAILURE if failed else Outcome.SUCCESS
+    archive.audit.record_later(
+        AuditEvent(Action(action), caller, outcome, detail=detail, instances=instances)
+    )
+
+
 def _audit_verify(settings: Settings, args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
@@ -746,6 +788,17 @@ def _send(settings: Settings, args: argparse.Namespace) -> int:
             return EXIT_PROBLEMS
         with tqdm(total=len(items), desc=f"sending to {node.ae_title}", unit=" inst", file=sys.stderr) as bar:
             results = scu.send(archive, node, items, on_result=lambda result: bar.update(1))
+        _audit_cli_event(
+            archive,
+            "export",
+            {
+                "node": node.ae_title,
+                "sent": sum(1 for r in results if r.ok),
+                "failed": sum(1 for r in results if not r.ok),
+            },
+            instances=[r.sop_instance_uid for r in results],
+            failed=any(not r.ok for r in results),
+        )
     finally:
         archive.close()
     failed = [r for r in results if not r.ok]
@@ -824,6 +877,17 @@ def _retrieve(settings: Settings, args: argparse.Namespace) -> int:
                 report = scu.get(archive, node, identifiers, args.model, progress)
             else:
                 report = scu.move(settings, node, identifiers, args.model, progress=progress)
+        _audit_cli_event(
+            archive,
+            "store",
+            {
+                "node": node.ae_title,
+                "via": f"c-{args.via}",
+                "failed": report.failed,
+                "errors": report.errors[:20],
+            },
+            failed=bool(report.failed or report.errors),
+        )
     finally:
         archive.close()
     for error in report.errors:

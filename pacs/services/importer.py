@@ -11,7 +11,7 @@ from pathlib import Path
 from pacs.context import CallerContext
 from pacs.errors import PacsError
 from pacs.index.repository import Outcome
-from pacs.services.ingest import IngestService
+from pacs.services.ingest import IngestResult, IngestService
 
 _MEDIA_DIRECTORY = "DICOMDIR"
 
@@ -24,6 +24,8 @@ class ImportSummary:
     repaired: int = 0
     skipped: list[tuple[Path, str]] = field(default_factory=list)
     rejected: list[tuple[Path, str]] = field(default_factory=list)
+    #: The SOP Instance UIDs now in the archive, by part ID (stored, new versions, duplicates, repaired).
+    instances: dict[str, list[str]] = field(default_factory=dict)
 
     @property
     def total(self) -> int:
@@ -72,21 +74,23 @@ class ImportService:
     ) -> ImportSummary:
         summary = ImportSummary()
 
-        def one(path: Path) -> tuple[Path, str, str | None]:
+        def one(path: Path) -> tuple[Path, str, str | None, IngestResult | None]:
             if path.name.upper() == _MEDIA_DIRECTORY:
-                return path, "skipped", "DICOMDIR is a media index, not an instance"
+                return path, "skipped", "DICOMDIR is a media index, not an instance", None
             if not path.is_file():
-                return path, "rejected", "not a file"
+                return path, "rejected", "not a file", None
             try:
                 result = self.ingest.ingest_file(path, ctx)
             except PacsError as exc:
-                return path, "rejected", str(exc)
+                return path, "rejected", str(exc), None
             except OSError as exc:
-                return path, "rejected", f"{path}: {exc.strerror or exc}"
-            return path, result.outcome.value, None
+                return path, "rejected", f"{path}: {exc.strerror or exc}", None
+            return path, result.outcome.value, None, result
 
         with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
-            for path, outcome, reason in pool.map(one, files):
+            for path, outcome, reason, result in pool.map(one, files):
+                if result is not None:
+                    summary.instances.setdefault(result.part_id, []).append(result.sop_instance_uid)
                 if outcome == Outcome.STORED.value:
                     summary.stored += 1
                 elif outcome == Outcome.NEW_VERSION.value:

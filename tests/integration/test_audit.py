@@ -332,12 +332,11 @@ def test_pacs_audit_verify_and_export(tmp_path: Path, capsys: pytest.CaptureFixt
 
 
 def test_c_store_and_stow_are_recorded(web: RunningWeb, dicom_node: RunningNode, tmp_path: Path) -> None:
-    from pynetdicom import AE
-    from pynetdicom.sop_class import DigitalXRayImageStorageForPresentation  # type: ignore[attr-defined]
-
     from pydicom import dcmread
     from pydicom.dataset import FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian
+    from pynetdicom import AE
+    from pynetdicom.sop_class import DigitalXRayImageStorageForPresentation  # type: ignore[attr-defined]
 
     archive = web.archive
     sent = dcmread(write(diconde_dx(part_id="DISC-0005", rows=32, columns=32), tmp_path / "sent.dcm"))
@@ -381,3 +380,30 @@ def test_c_store_and_stow_are_recorded(web: RunningWeb, dicom_node: RunningNode,
     assert stow.outcome == "success" and stow.part_id == "DISC-0006"
     assert stow.uids == (posted.StudyInstanceUID,) and stow.detail["instances"] == [posted.SOPInstanceUID]
     assert stow.user and stow.user.startswith("test-device-")
+
+
+def test_pacs_import_is_recorded_per_part(tmp_path: Path) -> None:
+    from pacs.archive import open_archive
+    from pacs.cli import main
+    from pacs.config import load_settings
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    a = write(diconde_dx(part_id="IMP-0001", rows=16, columns=16), folder / "a.dcm")
+    b = write(diconde_dx(part_id="IMP-0002", rows=16, columns=16), folder / "b.dcm")
+    (folder / "junk.dcm").write_bytes(b"not dicom at all")
+    data = ["--data-dir", str(tmp_path / "archive")]
+    assert main(["import", str(folder), *data]) == 1  # one file rejected
+    archive = open_archive(load_settings({"data_dir": tmp_path / "archive"}))
+    try:
+        stores = archive.audit.entries(action="store")
+    finally:
+        archive.close()
+    by_part = {e.part_id: e for e in stores if e.outcome == "success"}
+    assert set(by_part) == {"IMP-0001", "IMP-0002"} and all(e.via == "import" for e in stores)
+    from pydicom import dcmread
+
+    assert by_part["IMP-0001"].detail["instances"] == [dcmread(a).SOPInstanceUID]
+    assert by_part["IMP-0002"].uids == (dcmread(b).StudyInstanceUID,)
+    (refused,) = [e for e in stores if e.outcome == "refused"]
+    assert refused.detail["rejected"] == 1 and "junk.dcm" in refused.detail["files"][0]
