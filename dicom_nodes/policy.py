@@ -217,7 +217,7 @@ def guard(
             guarded.append(binding)
             continue
         if event is evt.EVT_C_FIND:
-            wrapped = _guard_find(handler, permission)
+            wrapped = _guard_find(handler, permission, audit)
         elif event is evt.EVT_C_STORE:
             wrapped = _guard_store(handler, permission, spooler, audit)
         else:
@@ -273,12 +273,7 @@ def _audit_store(audit: AuditTrail, event: Event, status: Any) -> None:
         outcome = Outcome.FAILURE
     else:  # not authorised, cannot understand, SOP class not supported
         outcome = Outcome.REFUSED
-    requestor = event.assoc.requestor
-    caller = CallerContext(
-        via="c-store",
-        ae_title=(requestor.ae_title or "").strip(),
-        address=f"{requestor.address}:{requestor.port}",
-    )
+    caller = _caller(event, "c-store")
     request = cast(C_STORE, event.request)
     detail: dict[str, Any] = {"status": code, "sop_class_uid": str(request.AffectedSOPClassUID or "")}
     if outcome is not Outcome.SUCCESS and isinstance(status, Dataset) and "ErrorComment" in status:
@@ -294,15 +289,28 @@ def _audit_store(audit: AuditTrail, event: Event, status: Any) -> None:
     )
 
 
-def _guard_find(handler: Handler, permission: Permission) -> Handler:
+def _guard_find(handler: Handler, permission: Permission, audit: AuditTrail | None) -> Handler:
     def guarded(event: Event, *args: Any) -> Iterator[Any]:
         reason = refusal(event.assoc, permission)
         if reason is not None:
+            if audit is not None:
+                audit.record_later(
+                    AuditEvent(
+                        Action.QUERY, _caller(event, "c-find"), Outcome.REFUSED, detail={"reason": reason}
+                    )
+                )
             yield _refused(event, "C-FIND", reason), None
             return
         yield from handler(event, *args)
 
     return guarded
+
+
+def _caller(event: Event, via: str) -> CallerContext:
+    requestor = event.assoc.requestor
+    return CallerContext(
+        via=via, ae_title=(requestor.ae_title or "").strip(), address=f"{requestor.address}:{requestor.port}"
+    )
 
 
 def _guard_n_action(handler: Handler, permission: Permission) -> Handler:

@@ -477,6 +477,12 @@ def test_dimse_roles_from_the_allowlist(archive: Archive, tmp_path: Path) -> Non
             )
             assert final_status(move)[0] == 0xA801  # past the role check, to the destination check
 
+    # Refusals are in the audit trail with the calling AE title.
+    assert archive.audit.flush(10)
+    refused = [(e.ae_title, e.action, e.via) for e in archive.audit.entries() if e.outcome == "refused"]
+    assert ("DR_PANEL", "query", "c-find") in refused
+    assert ("WS1", "store", "c-store") in refused
+
     # The refused C-STORE left nothing: neither an index row nor an object.
     assert archive.index.counts()["versions"] == 3
     report = archive.fsck().run(quick=True, grace=dt.timedelta(0))
