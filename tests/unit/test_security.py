@@ -33,7 +33,7 @@ class Clock:
     ("role", "granted"),
     [
         (Role.DEVICE, {Permission.STORE}),
-        (Role.INSPECTOR, {Permission.QUERY, Permission.RETRIEVE}),
+        (Role.INSPECTOR, {Permission.QUERY, Permission.RETRIEVE, Permission.DECIDE}),
         (Role.AUDITOR, {Permission.QUERY, Permission.RETRIEVE, Permission.AUDIT}),
         (Role.ADMIN, set(Permission)),
     ],
