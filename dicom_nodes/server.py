@@ -8,6 +8,7 @@ connection.
 
 from __future__ import annotations
 
+import gc
 import logging
 import socket
 import socketserver
@@ -56,6 +57,17 @@ class SharedSocketServer(ThreadedAssociationServer):
 
     def server_activate(self) -> None:
         """Already listening."""
+
+    def service_actions(self) -> None:
+        """pynetdicom runs a full ``gc.collect()`` every 60 polls of the accept loop (every 12 s with
+        ``poll_interval=0.2``) to reclaim finished associations; on a worker's large heap that
+        stalled every thread, associations in flight included, for a few hundred milliseconds. Their
+        cycles are young: collecting the two young generations is enough, and Python's own collector
+        still runs the full collections when it decides to."""
+        self._polls = getattr(self, "_polls", 0) + 1
+        if self._polls >= 60:
+            self._polls = 0
+            gc.collect(1)
 
     def server_close(self) -> None:
         # Never shutdown() a listening socket shared with other processes: that stops theirs too.
