@@ -25,6 +25,7 @@ from pacs.security import Permission
 log = logging.getLogger(__name__)
 
 _VIEWS = ("/rendered", "/thumbnail")
+_UNKNOWN: Any = object()
 
 
 def note(
@@ -64,7 +65,9 @@ def _record(scope: Scope, status: int) -> None:
     route = scope.get("route")
     if caller is None or route is None or not hasattr(route, "dependant"):
         return
-    permission = required_permission(route)
+    permission = getattr(route, "_audit_permission", _UNKNOWN)  # found once per route
+    if permission is _UNKNOWN:
+        permission = route._audit_permission = required_permission(route)
     method = scope.get("method", "GET")
     path: str = scope.get("path", "")
     action = _action(permission, method, path)
