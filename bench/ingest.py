@@ -42,7 +42,6 @@ from tests.support.seaweed import SeaweedS3  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
 DOC = ROOT / "docs" / "benchmarks.md"
-BEGIN, END = "<!-- ingest:begin -->", "<!-- ingest:end -->"
 STORESCU, STORESCP = "/usr/bin/storescu", "/usr/bin/storescp"
 BARE_SCP = ROOT / "bench" / "bare_scp.py"
 POSTGRES_URL = os.environ.get("PACS_BENCH_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
@@ -923,15 +922,9 @@ absolute figures are there for scale only.
 
 
 def write_doc(section: str) -> None:
-    DOC.parent.mkdir(parents=True, exist_ok=True)
-    text = DOC.read_text() if DOC.exists() else DOC_INTRO
-    block = f"{BEGIN}\n{section.rstrip()}\n{END}"
-    start, end = text.find(BEGIN), text.find(END)
-    if start != -1 and end > start:
-        text = text[:start] + block + text[end + len(END) :]
-    else:
-        text = text.rstrip() + "\n\n" + block + "\n"
-    DOC.write_text(text)
+    from bench.report import write_section
+
+    write_section("ingest", section, intro=DOC_INTRO)
 
 
 def render(report: Report, args: argparse.Namespace, counts: dict[str, int], meta: dict[str, Any]) -> str:
