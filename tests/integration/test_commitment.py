@@ -12,6 +12,7 @@ import io
 import logging
 import os
 import queue
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -47,6 +48,7 @@ DEVICE = "NDT_DEVICE"
 DX = str(DigitalXRayImageStorageForPresentation)
 SCPM = str(StorageCommitmentPushModel)
 REPORT_WAIT = 60.0  # seconds; a report normally comes within a fraction of one
+RELEASE_WAIT = 30.0  # seconds a device waits for the A-RELEASE-RP before it aborts
 
 SUCCESS = 0x0000
 INVALID_ARGUMENT_VALUE = 0x0115
@@ -124,9 +126,14 @@ def device(node: RunningNode, reports: Reports) -> Iterator[Callable[[], Associa
 
     yield associate
     for assoc in opened:
-        # pynetdicom's release() waits forever for a reactor thread that has already ended.
+        # pynetdicom's release() waits forever for a reactor thread that has already ended, and the
+        # reactor can end between the check and the call: release with a bound, abort past it.
         if assoc.is_established and assoc.is_alive():
-            assoc.release()
+            releasing = threading.Thread(target=assoc.release, name="device-release", daemon=True)
+            releasing.start()
+            releasing.join(RELEASE_WAIT)
+            if releasing.is_alive():
+                assoc.abort()
         elif assoc.is_established:
             assoc.abort()
 
