@@ -41,7 +41,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     StorageCommitmentPushModelInstance,
 )
 
-from dicom_nodes import store
+from dicom_nodes import store, tls
 from dicom_nodes.transport import tune
 
 if TYPE_CHECKING:
@@ -310,9 +310,6 @@ class Reporter:
 
     def _send_to_node(self, node: Node, info: Dataset, event_type: int, uid: str) -> bool:
         where = f"to {node.describe()}"
-        if node.tls:  # as for the archive's other outgoing associations (dicom_nodes.scu)
-            log.error("storage commitment %s: report not delivered %s: TLS is not supported yet", uid, where)
-            return False
         ae = AE(self.ae_title)
         ae.implementation_class_uid, ae.implementation_version_name = self._implementation
         ae.acse_timeout = self.settings.acse_timeout
@@ -323,8 +320,14 @@ class Reporter:
         # We request the association but act as the SCP of the SOP class: propose that role.
         role = build_role(SOP_CLASS, scu_role=False, scp_role=True)
         try:
-            assoc = ae.associate(node.host, node.port, ae_title=node.ae_title, ext_neg=[role])
-        except Exception as exc:
+            assoc = ae.associate(
+                node.host,
+                node.port,
+                ae_title=node.ae_title,
+                ext_neg=[role],
+                tls_args=tls.client_tls_args(self.settings, node),  # None: plain TCP
+            )
+        except Exception as exc:  # ConfigError of a TLS file gone since the start too
             log.error("storage commitment %s: report not delivered %s: %s", uid, where, exc)
             return False
         if not assoc.is_established:

@@ -15,8 +15,8 @@ What this module adds to that protocol:
   pynetdicom's Query/Retrieve service class (:func:`install_precheck`, for this node's AE and the
   Q/R SOP classes registered here only) first runs the module's check, which parses the identifier
   (0xA900 Identifier Does Not Match SOP Class, with Offending Element and Error Comment naming the
-  tag) and looks the destination up (0xA801 with the reason: unknown AE title, or a TLS node, which
-  is not supported yet).
+  tag) and looks the destination up (0xA801 with the reason: unknown AE title).
+* **The sub-association** goes over TLS to a node marked ``tls`` (:mod:`dicom_nodes.tls`).
 * **Contexts for the sub-association**: per SOP class, each stored transfer syntax alone (so the
   destination's answer says exactly which stored syntaxes it takes), then Explicit and Implicit VR
   Little Endian as the fallback the archive transcodes to (:func:`propose_contexts`).
@@ -53,6 +53,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     StudyRootQueryRetrieveInformationModelMove,
 )
 
+from dicom_nodes import tls
 from dicom_nodes.policy import NOT_AUTHORIZED, refusal
 from dicom_nodes.transport import tune
 
@@ -69,7 +70,6 @@ from pacs.dicom.retrieve_keys import (
     parse_retrieve_identifier,
 )
 from pacs.errors import PacsError
-from pacs.index.nodes import Node
 from pacs.security import Permission
 from pacs.services.retrieve import RetrieveItem
 
@@ -109,8 +109,8 @@ def handle_move(event: Event, archive: Archive, scratch_dir: Path) -> Iterator[A
     destination_ae = _text(request.MoveDestination)
     keys = parse_identifier(event, MOVE_MODELS)  # checked already: raising here is a bug (0xC514)
     node = archive.nodes.get(destination_ae)
-    if node is None or node.tls:  # checked already; the node may have gone since
-        log.error("C-MOVE from %s refused: %s", ctx.describe(), _destination_problem(destination_ae, node))
+    if node is None:  # checked already; the node may have gone since
+        log.error("C-MOVE from %s refused: %s", ctx.describe(), _destination_problem(destination_ae))
         yield None, None
         return
     items = archive.retrieve.resolve(keys)
@@ -134,6 +134,7 @@ def handle_move(event: Event, archive: Archive, scratch_dir: Path) -> Iterator[A
         "contexts": propose_contexts(items),
         # pynetdicom opens the sub-association after the next yield; keep it to see what it accepted.
         "evt_handlers": [(evt.EVT_ACCEPTED, on_accepted)],
+        "tls_args": tls.client_tls_args(archive.settings, node),  # None: plain TCP
     }
     yield node.host, node.port, kwargs
     try:
@@ -188,10 +189,8 @@ class ResponseGuard:
         dimse.get_msg = get_msg
 
 
-def _destination_problem(ae_title: str, node: Node | None) -> str:
-    if node is None:
-        return f"unknown move destination {ae_title!r}"
-    return f"TLS destination {node.describe()} not supported yet"
+def _destination_problem(ae_title: str) -> str:
+    return f"unknown move destination {ae_title!r}"
 
 
 def _move_precheck(archive: Archive) -> Precheck:
@@ -199,8 +198,8 @@ def _move_precheck(archive: Archive) -> Precheck:
         parse_retrieve_identifier(identifier, model)  # InvalidIdentifier: 0xA900
         destination = _text(cast(C_MOVE, request).MoveDestination)
         node = archive.nodes.get(destination)
-        if node is None or node.tls:
-            return Failure(MOVE_DESTINATION_UNKNOWN, _destination_problem(destination, node))
+        if node is None:
+            return Failure(MOVE_DESTINATION_UNKNOWN, _destination_problem(destination))
         return None
 
     return check

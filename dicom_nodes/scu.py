@@ -74,11 +74,12 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     StudyRootQueryRetrieveInformationModelMove,
 )
 
+from dicom_nodes import tls
 from dicom_nodes.spool import Spooler
 from dicom_nodes.store import CANNOT_UNDERSTAND, DATA_SET_DOES_NOT_MATCH_SOP_CLASS, OUT_OF_RESOURCES
 from dicom_nodes.transport import tune
 from pacs.archive import Archive
-from pacs.config import Settings
+from pacs.config import ConfigError, Settings
 from pacs.context import CallerContext
 from pacs.dicom import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME, retrieve_keys
 from pacs.dicom.retrieve_keys import InformationModel
@@ -174,9 +175,15 @@ def associate(
     roles: Sequence[Any] = (),
     handlers: Sequence[Any] = (),
 ) -> Iterator[Association]:
-    """An established association with ``node``, released on exit (aborted if the block failed)."""
-    if node.tls:
-        raise PeerError(f"{node.describe()}: TLS associations are not supported yet by the archive's SCU")
+    """An established association with ``node``, released on exit (aborted if the block failed).
+
+    A node marked ``tls`` is associated over TLS (:mod:`dicom_nodes.tls`): the archive shows its
+    ``tls_certificate`` and checks the node's against ``tls_ca_certificates``.
+    """
+    try:
+        tls_args = tls.client_tls_args(settings, node)
+    except ConfigError as exc:
+        raise PeerError(f"{node.describe()}: no TLS association: {exc}") from None
     ae = _application_entity(settings)
     assoc = ae.associate(
         node.host,
@@ -186,9 +193,13 @@ def associate(
         max_pdu=settings.max_pdu_size,
         ext_neg=list(roles) or None,
         evt_handlers=list(handlers) or None,
+        tls_args=tls_args,
     )
     if not assoc.is_established:
-        raise PeerError(f"{node.describe()}: {_not_established(assoc)}")
+        problem = None
+        if tls_args is not None and not assoc.is_rejected:
+            problem = tls.handshake_problem(settings, node, timeout=settings.acse_timeout)
+        raise PeerError(f"{node.describe()}: {problem or _not_established(assoc)}")
     tune(assoc)  # TCP_NODELAY, bulk reads, bounded send queue (dicom_nodes.transport)
     ok = False
     try:

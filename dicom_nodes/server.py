@@ -1,9 +1,11 @@
-"""The archive's DICOM application entity: C-ECHO and C-STORE SCP on a listening socket.
+"""The archive's DICOM application entity: every DIMSE service it offers, on a listening socket
+and optionally on a second one for DICOM over TLS.
 
-The socket is created by the caller: ``pacs serve`` makes it once and every worker process accepts
-on it (pre-fork, like gunicorn), so associations spread over processes and the GIL of one process
-does not cap throughput; tests make one on a free port. Whichever process is idle picks up the next
-connection.
+The sockets are created by the caller: ``pacs serve`` makes them once and every worker process
+accepts on them (pre-fork, like gunicorn), so associations spread over processes and the GIL of one
+process does not cap throughput; tests make them on free ports. Whichever process is idle picks up
+the next connection. Both sockets serve the same AE: the same services, the same association
+policy and the same association limit; the TLS one first runs a TLS handshake (:mod:`dicom_nodes.tls`).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import gc
 import logging
 import socket
 import socketserver
+import ssl
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -24,8 +27,10 @@ from pynetdicom.transport import ThreadedAssociationServer
 from dicom_nodes import commitment, find, get, move, negotiation, store
 from dicom_nodes.policy import AssociationLimiter, AssociationPolicy, guard
 from dicom_nodes.spool import Spooler
+from dicom_nodes.tls import TlsRequestHandler
 from dicom_nodes.transport import RequestHandler, quiet_logging
 from pacs.archive import Archive
+from pacs.audit import AuditTrail
 from pacs.config import Settings
 from pacs.dicom import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 
@@ -38,6 +43,8 @@ storage_sop_classes = store.storage_sop_classes  # re-exported: docs and tests l
 class SharedSocketServer(ThreadedAssociationServer):
     """A pynetdicom server on a listening socket made elsewhere and possibly shared with other processes."""
 
+    request_handler_class: type[RequestHandler] = RequestHandler
+
     def __init__(self, ae: AE, listening: socket.socket, contexts: list[Any], handlers: list[Any]) -> None:
         self._listening = listening
         super().__init__(
@@ -46,7 +53,7 @@ class SharedSocketServer(ThreadedAssociationServer):
             ae.ae_title,
             contexts,
             evt_handlers=handlers,
-            request_handler=RequestHandler,
+            request_handler=self.request_handler_class,
         )
 
     def server_bind(self) -> None:
@@ -73,6 +80,33 @@ class SharedSocketServer(ThreadedAssociationServer):
         # Never shutdown() a listening socket shared with other processes: that stops theirs too.
         if self.socket is not None:
             self.socket.close()
+
+
+class SharedTlsSocketServer(SharedSocketServer):
+    """The same on the TLS port: each accepted connection is wrapped for TLS here, and its handshake
+    runs in the connection's own thread (:class:`~dicom_nodes.tls.TlsRequestHandler`), not in the
+    accept loop as pynetdicom's would."""
+
+    request_handler_class = TlsRequestHandler
+
+    def __init__(
+        self,
+        ae: AE,
+        listening: socket.socket,
+        contexts: list[Any],
+        handlers: list[Any],
+        context: ssl.SSLContext,
+        audit: AuditTrail | None = None,
+    ) -> None:
+        super().__init__(ae, listening, contexts, handlers)
+        self.tls_context = context
+        self.audit = audit  # failed client authentications are audited
+
+    def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
+        assert self.socket is not None
+        conn, address = self.socket.accept()
+        wrapped = self.tls_context.wrap_socket(conn, server_side=True, do_handshake_on_connect=False)
+        return wrapped, address
 
 
 class Registry:
@@ -129,7 +163,9 @@ class DicomNode:
         limiter: AssociationLimiter,
         spooler: Spooler,
         services: Sequence[ServiceModule] = SERVICES,
+        tls: tuple[socket.socket, ssl.SSLContext] | None = None,
     ) -> None:
+        """``tls``: the TLS listening socket and its context (:func:`dicom_nodes.tls.server_context`)."""
         self.settings = settings
         self.spooler = spooler
         listening.setblocking(False)  # several processes accept on it; the losers must not block
@@ -152,25 +188,46 @@ class DicomNode:
             *guard(registry.handlers, spooler, archive.audit),
         ]
         self.server = SharedSocketServer(ae, listening, ae.supported_contexts, handlers)
-        ae._servers.append(self.server)
-        self._thread: threading.Thread | None = None
+        self.tls_server: SharedTlsSocketServer | None = None
+        if tls is not None:
+            tls_listening, context = tls
+            tls_listening.setblocking(False)
+            self.tls_server = SharedTlsSocketServer(
+                ae, tls_listening, ae.supported_contexts, handlers, context, archive.audit
+            )
+        for server in self._servers:
+            ae._servers.append(server)
+        self._threads: list[threading.Thread] = []
+
+    @property
+    def _servers(self) -> list[SharedSocketServer]:
+        return [self.server] + ([self.tls_server] if self.tls_server is not None else [])
 
     @property
     def address(self) -> tuple[str, int]:
         host, port = self.server.server_address[:2]
         return str(host), int(port)
 
+    @property
+    def tls_address(self) -> tuple[str, int] | None:
+        if self.tls_server is None:
+            return None
+        host, port = self.tls_server.server_address[:2]
+        return str(host), int(port)
+
     def start(self) -> None:
         quiet_logging()
         self.spooler.install()
         negotiation.install()
-        self._thread = threading.Thread(
-            target=self.server.serve_forever, kwargs={"poll_interval": 0.2}, name="dicom-accept", daemon=True
-        )
-        self._thread.start()
+        for server, name in zip(self._servers, ("dicom-accept", "dicom-tls-accept"), strict=False):
+            thread = threading.Thread(
+                target=server.serve_forever, kwargs={"poll_interval": 0.2}, name=name, daemon=True
+            )
+            thread.start()
+            self._threads.append(thread)
 
     def active_associations(self) -> Sequence[Any]:
-        return self.server.active_associations
+        return [assoc for server in self._servers for assoc in server.active_associations]
 
     def stop(self, grace: float) -> None:
         """Stop accepting; let running associations finish for up to ``grace`` seconds, then abort them.
@@ -178,11 +235,12 @@ class DicomNode:
         An aborted C-STORE never got its Success, so nothing is lost: the sender still has it, and
         the partial object is discarded here.
         """
-        socketserver.BaseServer.shutdown(self.server)  # stop the accept loop only (no socket shutdown)
+        for server in self._servers:
+            socketserver.BaseServer.shutdown(server)  # stop the accept loop only (no socket shutdown)
         deadline = time.monotonic() + grace
-        while self.server.active_associations and time.monotonic() < deadline:
+        while self.active_associations() and time.monotonic() < deadline:
             time.sleep(0.05)
-        remaining = self.server.active_associations
+        remaining = self.active_associations()
         for assoc in remaining:
             log.warning(
                 "aborting association with %s after %.0f s shutdown grace", assoc.requestor.ae_title, grace
@@ -193,8 +251,9 @@ class DicomNode:
         discarded = self.spooler.abort_pending()
         if discarded:
             log.warning("discarded %d partly received object(s)", discarded)
-        self.server.server_close()
-        if self.server in self.ae._servers:
-            self.ae._servers.remove(self.server)
+        for server in self._servers:
+            server.server_close()
+            if server in self.ae._servers:
+                self.ae._servers.remove(server)
         negotiation.uninstall()
         self.spooler.uninstall()

@@ -47,8 +47,20 @@ _CONFIG_FLAGS: list[tuple[str, str, dict[str, Any]]] = [
         "object_store",
         {"help": "file://PATH or s3://ACCESS:SECRET@HOST:PORT/BUCKET?secure=false"},
     ),
-    ("--host", "host", {"help": "address the DICOM and HTTP listeners bind (0.0.0.0)"}),
+    ("--host", "host", {"help": "address the DICOM, DICOM TLS and HTTP listeners bind (0.0.0.0)"}),
     ("--dicom-port", "dicom_port", {"type": int, "help": "DICOM port (11112)"}),
+    (
+        "--dicom-tls-port",
+        "dicom_tls_port",
+        {"type": int, "help": "DICOM TLS port (2762 is the registered one); unset = no TLS listener"},
+    ),
+    ("--tls-certificate", "tls_certificate", {"type": Path, "help": "the archive's certificate (PEM)"}),
+    ("--tls-private-key", "tls_private_key", {"type": Path, "help": "its private key (PEM)"}),
+    (
+        "--tls-ca-certificates",
+        "tls_ca_certificates",
+        {"type": Path, "help": "CA certificates (PEM) that peers' certificates must chain to"},
+    ),
     ("--http-port", "http_port", {"type": int, "help": "HTTP port (8042)"}),
     ("--ae-title", "ae_title", {"help": "the archive's AE title (NDT_PACS)"}),
     ("--workers", "workers", {"type": int, "help": "server processes; 0 = one per CPU"}),
@@ -254,6 +266,15 @@ def _setup_logging(level: str) -> None:
 
 # -- serve ------------------------------------------------------------------------------------------
 def _serve(settings: Settings, args: argparse.Namespace) -> int:
+    from dicom_nodes import tls
+
+    # The TLS files are read first, before anything is created: a bad one stops the start (exit 2).
+    try:
+        tls_context = tls.check(settings)
+    except ConfigError as exc:
+        print(f"pacs: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+
     import uvicorn
 
     from api.app import create_app
@@ -286,7 +307,11 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
         log.info("removed %d copies left in the object store's staging area by an earlier crash", stale)
     archive.close()
     dicom_socket = _listen(settings.host, settings.dicom_port)
+    tls_socket = (
+        _listen(settings.host, settings.dicom_tls_port) if settings.dicom_tls_port is not None else None
+    )
     http_socket = _listen(settings.host, settings.http_port)
+    tls_listener = (tls_socket, tls_context) if tls_socket is not None and tls_context is not None else None
     # Only now that the ports are ours is no other server using this data folder: drop what a
     # previous run left half-received.
     if settings.incoming_dir.exists():
@@ -305,6 +330,7 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
             dicom_socket,
             AssociationLimiter(settings.max_associations, association_slots, index - 1),
             Spooler(worker_archive.ingest.receive, settings.incoming_dir),
+            tls=tls_listener,
         )
         node.start()
         http = uvicorn.Server(
@@ -331,11 +357,16 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
 
     dicom_host, dicom_port = dicom_socket.getsockname()[:2]
     http_host, http_port = http_socket.getsockname()[:2]
+    tls_detail = ""
+    if tls_socket is not None:
+        tls_host, tls_port = tls_socket.getsockname()[:2]
+        tls_detail = f"DICOM TLS on {tls_host}:{tls_port}; "
 
     def announce() -> None:
         print(
             f"NDT archive ready: DICOM {settings.ae_title} on {dicom_host}:{dicom_port}, "
-            f"HTTP on http://{http_host}:{http_port} ({settings.worker_count} workers; {description})",
+            f"HTTP on http://{http_host}:{http_port} "
+            f"({settings.worker_count} workers; {tls_detail}{description})",
             flush=True,
         )
 
@@ -348,6 +379,8 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
     )
     code = supervisor.run()
     dicom_socket.close()
+    if tls_socket is not None:
+        tls_socket.close()
     http_socket.close()
     log.info("stopped")
     return code

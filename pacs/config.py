@@ -79,11 +79,31 @@ class Settings(BaseSettings):
     )
 
     # Listeners.
-    host: str = Field("0.0.0.0", description="address both listeners bind")
+    host: str = Field("0.0.0.0", description="address the DICOM, DICOM TLS and HTTP listeners bind")
     dicom_port: int = Field(11112, ge=0, le=65535)
+    dicom_tls_port: int | None = Field(
+        None, ge=0, le=65535, description="DICOM TLS port (2762 is IANA's); 0 = a free one; unset = none"
+    )
     http_port: int = Field(8042, ge=0, le=65535)
     ae_title: str = Field("NDT_PACS", description="the archive's own AE title")
-    workers: int = Field(0, ge=0, description="server processes sharing both ports; 0 = one per CPU")
+    workers: int = Field(0, ge=0, description="server processes sharing the ports; 0 = one per CPU")
+
+    # DICOM TLS: the TLS listener and outbound associations with nodes marked tls.
+    tls_certificate: Path | None = Field(
+        None, description="the archive's certificate (PEM, chain after it), shown to peers both ways"
+    )
+    tls_private_key: Path | None = Field(None, description="the certificate's private key (PEM, unencrypted)")
+    tls_ca_certificates: Path | None = Field(
+        None,
+        description="CA certificates (PEM bundle) that peers' certificates must chain to; "
+        "unset: outbound, the system's trusted CAs",
+    )
+    tls_require_client_certificate: bool = Field(
+        True, description="the TLS listener refuses peers without a trusted certificate"
+    )
+    tls_verify_peer_hostname: bool = Field(
+        True, description="outbound: the node's certificate must name its host"
+    )
 
     # Association policy.
     allowed_peers: Annotated[list[str], NoDecode] = Field(
@@ -170,7 +190,31 @@ class Settings(BaseSettings):
             )
         if not self.object_store.startswith(("file://", "s3://")):
             raise ValueError("object_store must be file://PATH or s3://ACCESS:SECRET@HOST:PORT/BUCKET")
+        self._check_tls()
         return self
+
+    def _check_tls(self) -> None:
+        """What the TLS settings need of each other; the files are read by ``pacs serve`` at start
+        (``dicom_nodes.tls``), so a command that makes no association does not need them."""
+        if (self.tls_certificate is None) != (self.tls_private_key is None):
+            given, missing = (
+                ("tls_certificate", "tls_private_key")
+                if self.tls_private_key is None
+                else ("tls_private_key", "tls_certificate")
+            )
+            raise ValueError(f"{given} is set but {missing} is not: give both, or neither")
+        if self.dicom_tls_port is None:
+            return
+        if self.tls_certificate is None:
+            raise ValueError("dicom_tls_port is set: tls_certificate and tls_private_key are required")
+        if self.tls_require_client_certificate and self.tls_ca_certificates is None:
+            raise ValueError(
+                "tls_require_client_certificate is true but tls_ca_certificates is not set: client "
+                "certificates are verified against it (set it, or set "
+                "tls_require_client_certificate = false)"
+            )
+        if self.dicom_tls_port and self.dicom_tls_port == self.dicom_port:
+            raise ValueError(f"dicom_tls_port {self.dicom_tls_port} is also dicom_port: give it another port")
 
     @property
     def worker_count(self) -> int:

@@ -386,7 +386,7 @@ def test_report_comes_on_a_new_association_after_release(
     [
         pytest.param(None, "no node is registered under AE title 'NDT_DEVICE'", id="no-node"),
         pytest.param(False, "NDT_DEVICE@127.0.0.1", id="nothing-listening"),
-        pytest.param(True, "TLS is not supported yet", id="tls-node"),
+        pytest.param(True, "(TLS) not established", id="tls-node-down"),
     ],
 )
 def test_an_undeliverable_report_is_logged_with_its_transaction(

@@ -27,6 +27,8 @@ READY = re.compile(
     r"^NDT archive ready: DICOM (?P<ae>\S+) on (?P<dicom_host>\S+):(?P<dicom_port>\d+), "
     r"HTTP on http://(?P<http_host>\S+):(?P<http_port>\d+) \((?P<details>.*)\)$"
 )
+#: In the details of the readiness line when the archive also listens for DICOM over TLS.
+READY_TLS = re.compile(r"(?:^|; )DICOM TLS on (?P<host>\S+):(?P<port>\d+)(?:;|$)")
 
 
 def pacs_command() -> list[str]:
@@ -131,6 +133,7 @@ class PacsServer:
         self.ae_title = ""
         self.host = ""
         self.dicom_port = 0
+        self.dicom_tls_port: int | None = None  # when started with a dicom_tls_port
         self.http_port = 0
         self.returncode: int | None = None
         self._lines: queue.Queue[str | None] = queue.Queue()
@@ -191,6 +194,8 @@ class PacsServer:
                 self.host = match["dicom_host"]
                 self.dicom_port = int(match["dicom_port"])
                 self.http_port = int(match["http_port"])
+                tls = READY_TLS.search(match["details"])
+                self.dicom_tls_port = int(tls["port"]) if tls else None
                 return
 
     def signal(self, signo: int = signal.SIGTERM) -> None:

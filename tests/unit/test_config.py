@@ -212,3 +212,179 @@ def test_a_table_beside_the_pacs_table_is_refused_not_ignored(tmp_path: Path) ->
 def test_cors_origins_from_a_variable_are_trimmed(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PACS_CORS_ALLOWED_ORIGINS", "https://a.example, http://b.example:3000 ;")
     assert load_settings().cors_allowed_origins == ["https://a.example", "http://b.example:3000"]
+
+
+# -- DICOM TLS ---------------------------------------------------------------------------------
+# Settings check what the TLS settings need of each other; `pacs serve` reads the files at start
+# (dicom_nodes.tls.check) and refuses any it cannot use, naming the setting.
+def make_identity(
+    folder: Path, name: str, *, days: float = 365, encrypted: bool = False
+) -> tuple[Path, Path]:
+    """A self-signed certificate and its key (PEM files), valid until ``days`` from now."""
+    import datetime as dt
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    now = dt.datetime.now(dt.UTC)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(min(now - dt.timedelta(hours=1), now + dt.timedelta(days=days - 1)))
+        .not_valid_after(now + dt.timedelta(days=days))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = folder / f"{name}.pem", folder / f"{name}.key"
+    cert_path.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    protection = (
+        serialization.BestAvailableEncryption(b"secret") if encrypted else serialization.NoEncryption()
+    )
+    key_path.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, protection)
+    )
+    return cert_path, key_path
+
+
+def tls_settings(cert: Path, key: Path, ca: Path | None, **more: object) -> dict[str, object]:
+    return {
+        "dicom_tls_port": 2762,
+        "tls_certificate": cert,
+        "tls_private_key": key,
+        "tls_ca_certificates": ca,
+        **more,
+    }
+
+
+def test_tls_settings_default_to_no_listener_and_required_client_certificates() -> None:
+    settings = load_settings()
+    assert settings.dicom_tls_port is None
+    assert settings.tls_certificate is None and settings.tls_ca_certificates is None
+    assert settings.tls_require_client_certificate is True
+    assert settings.tls_verify_peer_hostname is True
+
+
+def test_tls_settings_from_file_and_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    config = write_toml(
+        tmp_path / "pacs.toml",
+        '[pacs]\ndicom_tls_port = 2762\ntls_certificate = "/etc/pacs/tls/pacs.pem"\n'
+        'tls_private_key = "/etc/pacs/tls/pacs.key"\n',
+    )
+    monkeypatch.setenv("PACS_TLS_REQUIRE_CLIENT_CERTIFICATE", "false")
+    settings = load_settings(config_file=config)
+    assert settings.dicom_tls_port == 2762
+    assert settings.tls_certificate == Path("/etc/pacs/tls/pacs.pem")
+    assert settings.tls_require_client_certificate is False
+
+
+@pytest.mark.parametrize(
+    ("values", "named"),
+    [
+        ({"dicom_tls_port": 2762}, "tls_certificate"),
+        ({"tls_certificate": "/a.pem"}, "tls_private_key"),
+        ({"tls_private_key": "/a.key"}, "tls_certificate"),
+        (
+            {"dicom_tls_port": 2762, "tls_certificate": "/a.pem", "tls_private_key": "/a.key"},
+            "tls_ca_certificates",
+        ),
+        (
+            {
+                "dicom_tls_port": 11112,
+                "tls_certificate": "/a.pem",
+                "tls_private_key": "/a.key",
+                "tls_require_client_certificate": False,
+            },
+            "dicom_port",
+        ),
+        ({"dicom_tls_port": 70000}, "dicom_tls_port"),
+    ],
+    ids=["port-without-certificate", "certificate-without-key", "key-without-certificate",
+         "client-certificates-without-ca", "same-port-as-dicom", "port-out-of-range"],
+)  # fmt: skip
+def test_inconsistent_tls_settings_are_refused_naming_the_setting(
+    values: dict[str, object], named: str
+) -> None:
+    with pytest.raises(ConfigError, match=named):
+        load_settings(values)
+
+
+def test_usable_tls_files_give_a_listener_that_requires_trusted_client_certificates(tmp_path: Path) -> None:
+    import ssl
+
+    from dicom_nodes import tls
+
+    cert, key = make_identity(tmp_path, "pacs")
+    ca, _ = make_identity(tmp_path, "ca")
+    context = tls.check(load_settings(tls_settings(cert, key, ca)))
+    assert context is not None
+    assert context.verify_mode == ssl.CERT_REQUIRED
+    assert context.minimum_version == ssl.TLSVersion.TLSv1_2
+    assert [c["subject"] for c in context.get_ca_certs()] == [((("commonName", "ca"),),)]
+
+    optional = tls.check(load_settings(tls_settings(cert, key, ca, tls_require_client_certificate=False)))
+    assert optional is not None and optional.verify_mode == ssl.CERT_OPTIONAL
+    client = tls.client_context(load_settings(tls_settings(cert, key, ca)))
+    assert client.verify_mode == ssl.CERT_REQUIRED and client.check_hostname
+
+
+@pytest.mark.parametrize(
+    ("fault", "message"),
+    [
+        ("missing-certificate", "tls_certificate: cannot read"),
+        ("certificate-not-pem", "tls_certificate: .* holds no PEM certificate"),
+        ("missing-key", "tls_private_key: cannot read"),
+        ("key-of-another-certificate", "tls_private_key: .* is not the key of the certificate"),
+        ("encrypted-key", "tls_private_key: .* is encrypted"),
+        ("key-not-pem", "tls_private_key: .* holds no PEM private key"),
+        ("missing-ca", "tls_ca_certificates: cannot read"),
+        ("ca-not-pem", "tls_ca_certificates: .* holds no PEM certificate"),
+    ],
+)
+def test_unusable_tls_files_are_refused_naming_the_setting(tmp_path: Path, fault: str, message: str) -> None:
+    from dicom_nodes import tls
+
+    cert, key = make_identity(tmp_path, "pacs")
+    ca, _ = make_identity(tmp_path, "ca")
+    junk = tmp_path / "junk.pem"
+    junk.write_text("not a PEM file\n")
+    if fault == "missing-certificate":
+        cert = tmp_path / "nowhere.pem"
+    elif fault == "certificate-not-pem":
+        cert = junk
+    elif fault == "missing-key":
+        key = tmp_path / "nowhere.key"
+    elif fault == "key-of-another-certificate":
+        _, key = make_identity(tmp_path, "other")
+    elif fault == "encrypted-key":
+        cert, key = make_identity(tmp_path, "locked", encrypted=True)
+    elif fault == "key-not-pem":
+        key = junk
+    elif fault == "missing-ca":
+        ca = tmp_path / "nowhere-ca.pem"
+    elif fault == "ca-not-pem":
+        ca = junk
+    with pytest.raises(ConfigError, match=message):
+        tls.check(load_settings(tls_settings(cert, key, ca)))
+
+
+@pytest.mark.parametrize(
+    ("days", "level", "words"), [(10, "WARNING", "expires on"), (-1, "ERROR", "expired on")]
+)
+def test_a_certificate_near_or_past_its_expiry_is_reported_at_start(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, days: float, level: str, words: str
+) -> None:
+    from dicom_nodes import tls
+
+    cert, key = make_identity(tmp_path, "pacs", days=days)
+    ca, _ = make_identity(tmp_path, "ca")
+    with caplog.at_level("WARNING", logger="dicom_nodes.tls"):
+        tls.check(load_settings(tls_settings(cert, key, ca)))
+    (record,) = [r for r in caplog.records if r.name == "dicom_nodes.tls"]
+    assert record.levelname == level and words in record.getMessage() and str(cert) in record.getMessage()
