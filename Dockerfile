@@ -24,7 +24,7 @@ USER pacs
 WORKDIR /var/lib/pacs
 ENV PACS_DATA_DIR=/var/lib/pacs
 VOLUME /var/lib/pacs
-EXPOSE 11112 8042
+EXPOSE 11112 2762 8042
 
 # /health answers 200 only when the index and the object store both respond.
 HEALTHCHECK --interval=30s --timeout=5s --start-period=60s --retries=3 \

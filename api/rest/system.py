@@ -48,6 +48,9 @@ class SystemInfo(BaseModel):
     ae_title: str
     host: str
     dicom_port: int = Field(description="configured DICOM port (0: chosen at start)")
+    dicom_tls_port: int | None = Field(
+        description="configured DICOM TLS port (0: chosen at start; null: no TLS listener)"
+    )
     http_port: int = Field(description="configured HTTP port (0: chosen at start)")
     workers: int
     started_at: dt.datetime
@@ -80,6 +83,7 @@ def system_info(
         ae_title=settings.ae_title,
         host=settings.host,
         dicom_port=settings.dicom_port,
+        dicom_tls_port=settings.dicom_tls_port,
         http_port=settings.http_port,
         workers=settings.worker_count,
         started_at=dt.datetime.fromtimestamp(_STARTED, dt.UTC),

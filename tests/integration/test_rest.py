@@ -235,6 +235,7 @@ def test_system_reports_version_listeners_counts_and_storage(
     settings = web.archive.settings
     assert info["ae_title"] == settings.ae_title
     assert info["dicom_port"] == settings.dicom_port
+    assert info["dicom_tls_port"] is None  # no TLS listener unless configured
     assert info["uptime_seconds"] >= 0
     assert info["index"]["backend"] in ("sqlite", "postgresql")
     counts = web.archive.index.counts()
