@@ -7,10 +7,15 @@ listens, restarts a worker that dies, and on SIGINT/SIGTERM asks every worker to
 
 Signals are blocked in every process and taken with ``sigwait``/``sigtimedwait``, so no handler ever
 runs in the middle of a store.
+
+A worker dies with the parent: if the parent is killed outright (SIGKILL, the OOM killer), the kernel
+kills its workers too (Linux ``PR_SET_PDEATHSIG``). Orphaned workers would otherwise keep accepting
+on the shared ports unsupervised, and a restarted server could not listen on them.
 """
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import multiprocessing
 import os
@@ -28,6 +33,24 @@ _RESTART_DELAY = 1.0
 
 #: Runs in the worker: build everything, call ``ready()`` once listening, return when ``wait_stop`` says.
 WorkerMain = Callable[[int, Callable[[], None], Callable[[], int]], None]
+
+
+def die_with_parent(parent_pid: int) -> None:
+    """Ask the kernel to SIGKILL this process when its parent dies (Linux; elsewhere a no-op), and
+    exit at once if the parent is already gone (it died between the fork and this call).
+
+    Strictly, the kernel sends the signal when the *thread* that forked this process ends; the
+    supervisor forks every worker from the one thread that runs it for the life of the process."""
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl  # the C library the interpreter runs on
+    except (OSError, AttributeError):
+        return
+    pr_set_pdeathsig = 1
+    if prctl(pr_set_pdeathsig, int(signal.SIGKILL), 0, 0, 0) != 0:
+        errno = ctypes.get_errno()
+        log.warning("cannot tie worker %d to the supervisor's life: errno %d", os.getpid(), errno)
+    if os.getppid() != parent_pid:
+        os._exit(1)
 
 
 def wait_for_stop_signal() -> int:
@@ -84,8 +107,10 @@ class Supervisor:
     def _spawn(self, index: int) -> None:
         queue = self._ready_queue
         worker_main = self.worker_main
+        parent_pid = os.getpid()
 
         def entry() -> None:
+            die_with_parent(parent_pid)
             try:
                 worker_main(index, lambda: queue.put(index), wait_for_stop_signal)
             except BaseException:

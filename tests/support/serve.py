@@ -19,6 +19,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import IO
@@ -357,3 +358,347 @@ def dataset_sha256(path: Path) -> str:
 def object_path(objects: Path, key: str) -> Path:
     """Where the filesystem store keeps ``key`` (``ROOT/ab/cd/abcd...``)."""
     return objects / key[0:2] / key[2:4] / key
+
+
+# -- crashing the server, and what its senders were told ------------------------------------------
+# A crash test needs to know exactly which instances the archive acknowledged: only a C-STORE
+# response with status Success (0x0000) promises that an instance is kept. StoreLoad sends from
+# parallel associations and records that per instance; kill_server ends the whole server at once;
+# verify_stored and fsck_summary check afterwards what the archive still has.
+
+DX_FOR_PRESENTATION = "1.2.840.10008.5.1.4.1.1.1.1"
+FSCK_SUMMARY = re.compile(
+    r"^fsck: (?P<checked>\d+) indexed objects checked, (?P<missing>\d+) missing, (?P<corrupt>\d+) corrupt, "
+    r"(?P<unreadable>\d+) unreadable, (?P<unreferenced>\d+) unreferenced",
+    re.M,
+)
+
+
+def archive_flags(values: Mapping[str, object]) -> list[str]:
+    """Settings (``data_dir``, ``database_url``, ...) as ``pacs`` command-line flags."""
+    return [arg for key, value in values.items() for arg in (f"--{key.replace('_', '-')}", str(value))]
+
+
+def process_gone(pid: int) -> bool:
+    """Whether ``pid`` has exited (a zombie not yet reaped by its parent has)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] in ("Z", "X")
+    except (FileNotFoundError, ProcessLookupError):
+        return True
+
+
+def kill_server(server: PacsServer, *, supervisor_only: bool = False, timeout: float = 30.0) -> list[int]:
+    """SIGKILL the supervisor and every worker of ``server`` at the same moment, as ``kill -9`` of the
+    process group would; returns their pids once none of them runs any more.
+
+    ``supervisor_only``: SIGKILL the supervisor alone (the OOM killer's or an operator's ``kill -9
+    PID``); its workers must then die with it: TimeoutError if one is still running after
+    ``timeout`` (it is killed then, so that nothing outlives the test)."""
+    pids = [server.pid, *server.worker_pids()]
+    for pid in pids[:1] if supervisor_only else pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    try:
+        wait_until(
+            lambda: all(process_gone(p) for p in pids), timeout, f"the killed processes {pids} to exit"
+        )
+    except TimeoutError:
+        survivors = [p for p in pids if not process_gone(p)]
+        for pid in survivors:
+            os.kill(pid, signal.SIGKILL)
+        raise TimeoutError(f"processes {survivors} outlived the killed supervisor {pids[0]}") from None
+    finally:
+        server.wait(timeout)
+    return pids
+
+
+@dataclass(frozen=True)
+class SentInstance:
+    """One generated instance on disk, and the SHA-256 of its dataset (the bytes a C-STORE carries)."""
+
+    path: Path
+    sop_instance_uid: str
+    part_id: str
+    study_uid: str
+    series_uid: str
+    sha256: str
+
+
+def instance_corpus(
+    folder: Path,
+    count: int,
+    *,
+    tag: str,
+    parts: int = 2,
+    inspections: int = 2,
+    series: int = 2,
+    large_every: int = 0,
+    large_side: int = 1024,
+) -> list[SentInstance]:
+    """``count`` distinct DICONDE radiographs spread over ``parts`` new parts (part IDs ``TAG-P1``...),
+    each with ``inspections`` inspections of ``series`` series, in turn: consecutive instances belong
+    to different series, so parallel associations fill the same series at the same time. Every
+    ``large_every``-th instance is ``large_side`` pixels square (2 MB at 1024), the rest 128 (33 kB)."""
+    import copy
+
+    from pydicom.uid import generate_uid
+
+    from tests.support.factories import diconde_dx, write
+
+    folder.mkdir(parents=True, exist_ok=True)
+    small = diconde_dx(rows=128, columns=128, seed=1)
+    large = diconde_dx(rows=large_side, columns=large_side, seed=2) if large_every else small
+    chains = [
+        (f"{tag}-P{p + 1}", study, generate_uid(), s + 1, i + 1)
+        for p in range(parts)
+        for i, study in enumerate(generate_uid() for _ in range(inspections))
+        for s in range(series)
+    ]
+    instances = []
+    for index in range(count):
+        part_id, study_uid, series_uid, series_number, study_number = chains[index % len(chains)]
+        base = large if large_every and index % large_every == large_every - 1 else small
+        ds = copy.deepcopy(base)  # shares the pixel bytes (immutable), copies the rest
+        uid = generate_uid()
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = uid
+        ds.PatientID, ds.PatientName = part_id, f"Crash^{part_id}"
+        ds.StudyInstanceUID, ds.SeriesInstanceUID = study_uid, series_uid
+        ds.StudyID, ds.SeriesNumber, ds.InstanceNumber = str(study_number), series_number, index + 1
+        pixels = bytearray(base.PixelData)
+        pixels[:16] = hashlib.sha256(uid.encode()).digest()[:16]  # distinct pixel data too
+        ds.PixelData = bytes(pixels)
+        path = write(ds, folder / f"{tag}-{index:05d}.dcm")
+        instances.append(SentInstance(path, uid, part_id, study_uid, series_uid, dataset_sha256(path)))
+    return instances
+
+
+class _ChunkedSend:
+    """pynetdicom's chunked send (a file goes out as it is on disk, not decoded and encoded again)
+    while any :class:`StoreLoad` sends. The setting is process-wide: the last load to finish puts
+    back what it was, so other tests in the process see pynetdicom's default."""
+
+    _lock = threading.Lock()
+    _users = 0
+    _saved = False
+
+    @classmethod
+    def acquire(cls) -> None:
+        from pynetdicom import _config
+
+        with cls._lock:
+            if cls._users == 0:
+                cls._saved = _config.STORE_SEND_CHUNKED_DATASET
+                _config.STORE_SEND_CHUNKED_DATASET = True
+            cls._users += 1
+
+    @classmethod
+    def release(cls) -> None:
+        from pynetdicom import _config
+
+        with cls._lock:
+            cls._users -= 1
+            if cls._users == 0:
+                _config.STORE_SEND_CHUNKED_DATASET = cls._saved
+
+
+class StoreLoad:
+    """C-STORE from parallel associations, one pynetdicom SCU thread each, every thread sending its
+    share in order; records per instance what the archive answered.
+
+    ``acknowledged`` holds the instances answered Success (0x0000), ``refused`` the other statuses,
+    ``unanswered`` what was never answered (the association ended first: the instance in flight
+    and the rest of the share). Files are sent as they are on disk (pynetdicom's chunked send), so
+    the bytes on the wire are exactly those :attr:`SentInstance.sha256` covers.
+    """
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        called_ae: str,
+        shares: Sequence[Sequence[SentInstance]],
+        *,
+        calling_ae: str = "LOAD_SCU",
+        timeout: float = 60.0,
+    ) -> None:
+        self.host, self.port, self.called_ae, self.calling_ae = host, port, called_ae, calling_ae
+        self.shares = [list(share) for share in shares]
+        self.timeout = timeout
+        self.acknowledged: list[SentInstance] = []
+        self.refused: dict[str, int] = {}
+        self.unanswered: list[SentInstance] = []
+        self.errors: list[str] = []
+        self.started_at = 0.0
+        self._changed = threading.Condition()
+        self._threads: list[threading.Thread] = []
+        self._sending = 0  # senders not finished yet
+
+    @classmethod
+    def to(cls, server: PacsServer, instances: Sequence[SentInstance], associations: int) -> StoreLoad:
+        """``instances`` dealt over ``associations`` associations to ``server``, like cards."""
+        shares = [instances[i::associations] for i in range(associations)]
+        return cls(server.host, server.dicom_port, server.ae_title, [s for s in shares if s])
+
+    def start(self) -> StoreLoad:
+        self.started_at = time.monotonic()
+        self._sending = len(self.shares)
+        if self._sending:
+            _ChunkedSend.acquire()  # released by the last sender to finish
+        for number, share in enumerate(self.shares, 1):
+            thread = threading.Thread(
+                target=self._send, args=(share,), name=f"store-load-{number}", daemon=True
+            )
+            thread.start()
+            self._threads.append(thread)
+        return self
+
+    def wait_for_acknowledged(self, count: int, timeout: float) -> bool:
+        """Wait until ``count`` instances are acknowledged (False: the load ended or time ran out first)."""
+        with self._changed:
+            return (
+                self._changed.wait_for(lambda: len(self.acknowledged) >= count or not self._sending, timeout)
+                and len(self.acknowledged) >= count
+            )
+
+    def running(self) -> bool:
+        return any(t.is_alive() for t in self._threads)
+
+    def join(self, timeout: float = 120.0) -> StoreLoad:
+        deadline = time.monotonic() + timeout
+        for thread in self._threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        if self.running():
+            raise TimeoutError(f"C-STORE senders still running after {timeout} s")
+        return self
+
+    def run(self, timeout: float = 300.0) -> StoreLoad:
+        return self.start().join(timeout)
+
+    @property
+    def complete(self) -> bool:
+        """Every instance acknowledged."""
+        return len(self.acknowledged) == sum(len(s) for s in self.shares)
+
+    def _send(self, share: list[SentInstance]) -> None:
+        from pynetdicom import AE
+
+        pending = list(share)
+        try:
+            ae = AE(ae_title=self.calling_ae)
+            ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = self.timeout
+            ae.add_requested_context(DX_FOR_PRESENTATION, ["1.2.840.10008.1.2.1"])  # explicit VR LE
+            assoc = ae.associate(self.host, self.port, ae_title=self.called_ae)
+            if not assoc.is_established:
+                self._error("association not established")
+                return
+            try:
+                while pending and assoc.is_established:
+                    status = assoc.send_c_store(pending[0].path)
+                    if "Status" not in status:
+                        break  # no response: the association ended (aborted, timed out)
+                    self._answered(pending.pop(0), int(status.Status))
+            finally:
+                if assoc.is_established:
+                    assoc.release()
+        except Exception as exc:  # the peer vanished mid-call: what is pending stays unanswered
+            self._error(f"{type(exc).__name__}: {exc}")
+        finally:
+            with self._changed:
+                self.unanswered.extend(pending)
+                self._sending -= 1
+                if not self._sending:
+                    _ChunkedSend.release()
+                self._changed.notify_all()
+
+    def _answered(self, item: SentInstance, status: int) -> None:
+        with self._changed:
+            if status == 0x0000:
+                self.acknowledged.append(item)
+            else:
+                self.refused[item.sop_instance_uid] = status
+            self._changed.notify_all()
+
+    def _error(self, message: str) -> None:
+        with self._changed:
+            self.errors.append(message)
+
+
+def stream_dataset_sha256(f: IO[bytes]) -> str:
+    """SHA-256 of the dataset of a Part 10 stream (after its own file meta group), read to its end."""
+    head = f.read(144)
+    if head[128:132] != b"DICM" or head[132:136] != b"\x02\x00\x00\x00" or head[136:138] != b"UL":
+        raise ValueError("no File Meta Information Group Length (0002,0000) at byte 132")
+    f.read(int.from_bytes(head[140:144], "little"))
+    digest = hashlib.sha256()
+    while chunk := f.read(1 << 20):
+        digest.update(chunk)
+    return digest.hexdigest()
+
+
+def verify_stored(settings: Mapping[str, object], instances: Sequence[SentInstance]) -> dict[str, str]:
+    """What is wrong with each of ``instances`` in the archive, by SOP Instance UID (empty: nothing).
+
+    Each must be retrievable through the archive's retrieve service, and the dataset of the bytes it
+    returns must have the SHA-256 of the file sent."""
+    from pacs.archive import open_archive
+    from pacs.config import load_settings
+    from pacs.errors import PacsError
+
+    problems: dict[str, str] = {}
+    archive = open_archive(load_settings(dict(settings)), upgrade_schema=False)
+    try:
+        for item in instances:
+            try:
+                version = archive.retrieve.current(item.sop_instance_uid)
+                with archive.retrieve.open(version) as f:
+                    got = stream_dataset_sha256(f)
+            except (PacsError, ValueError) as exc:
+                problems[item.sop_instance_uid] = f"{type(exc).__name__}: {exc}"
+                continue
+            if got != item.sha256:
+                problems[item.sop_instance_uid] = f"dataset SHA-256 {got}, sent {item.sha256}"
+    finally:
+        archive.close()
+    return problems
+
+
+def index_counts(settings: Mapping[str, object]) -> dict[str, int]:
+    """Rows per index table (components, inspections, series, instances, versions)."""
+    from pacs.archive import open_archive
+    from pacs.config import load_settings
+
+    archive = open_archive(load_settings(dict(settings)), upgrade_schema=False)
+    try:
+        return archive.index.counts()
+    finally:
+        archive.close()
+
+
+@dataclass(frozen=True)
+class FsckSummary:
+    returncode: int
+    checked: int
+    missing: int
+    corrupt: int
+    unreadable: int
+    unreferenced: int
+    output: str
+
+    @property
+    def no_entry_without_object(self) -> bool:
+        """Every index entry has its object, whole: what a crash must never break."""
+        return self.missing == self.corrupt == self.unreadable == 0
+
+
+def fsck_summary(settings: Mapping[str, object], *options: str) -> FsckSummary:
+    """Run ``pacs fsck`` on the archive and read its summary line."""
+    done = run_pacs("fsck", *archive_flags(settings), *options, timeout=600)
+    output = done.stdout + done.stderr
+    found = FSCK_SUMMARY.search(done.stdout)
+    if found is None:
+        raise RuntimeError(f"pacs fsck printed no summary (exit code {done.returncode}):\n{output}")
+    counts = {k: int(v) for k, v in found.groupdict().items()}
+    return FsckSummary(done.returncode, output=output, **counts)
