@@ -5,17 +5,22 @@ from __future__ import annotations
 from importlib import resources
 from typing import Any
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.responses import JSONResponse, RedirectResponse
+from fastapi.responses import JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
+from starlette.exceptions import HTTPException
 
 import pacs
 from api import metrics
 from api.audit import AuditMiddleware
 from api.dicomweb import qido, rendered, stow, uri, wado
 from api.rest import audit, decisions, evidence, nodes, parts, retention, session, system
+from api.rest.errors import RETRY_AFTER_SECONDS, http_error
 from pacs.archive import Archive
+from pacs.errors import PacsError, ResourceUnavailable
+from pacs.index.database import space_problem
 
 DICOMWEB = "/dicom-web"
 REST = "/api"
@@ -49,12 +54,33 @@ def create_app(archive: Archive) -> FastAPI:
         app.include_router(module.router, prefix=REST)
     app.include_router(metrics.router, tags=["operations"])
 
+    @app.exception_handler(PacsError)
+    async def archive_error(_request: Request, exc: PacsError) -> JSONResponse:
+        """An archive error a route did not turn into a response itself: the same status it would
+        have chosen (ResourceUnavailable: 503, a dependency is down), never a bare 500."""
+        error = http_error(exc)
+        return JSONResponse({"detail": error.detail}, status_code=error.status_code, headers=error.headers)
+
+    @app.exception_handler(HTTPException)
+    async def http_exception(request: Request, exc: HTTPException) -> Response:
+        """Every 503 (the index, the object store or the disk unavailable) says when to try again."""
+        if exc.status_code == 503 and "retry-after" not in {k.lower() for k in exc.headers or {}}:
+            exc.headers = {**(exc.headers or {}), "Retry-After": str(RETRY_AFTER_SECONDS)}
+        return await http_exception_handler(request, exc)
+
+    def index_check() -> None:
+        archive.index.ping()
+        problem = space_problem(archive.engine)
+        if problem is not None:
+            raise ResourceUnavailable(problem)
+
     @app.get("/health", tags=["operations"], summary="Is the archive able to store and serve?")
     def health() -> JSONResponse:
-        """200 when the index answers and the object store is reachable, 503 with the reason otherwise."""
+        """200 when the index answers and the object store is reachable, both with room to write;
+        503 with the reason otherwise."""
         checks: dict[str, Any] = {}
         healthy = True
-        for name, check in (("index", archive.index.ping), ("objects", archive.store.check)):
+        for name, check in (("index", index_check), ("objects", archive.store.check)):
             try:
                 check()
                 checks[name] = "ok"

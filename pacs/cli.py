@@ -12,9 +12,11 @@ import datetime as dt
 import getpass
 import logging
 import multiprocessing
+import os
 import shutil
 import socket
 import sys
+import tempfile
 import threading
 import time
 import warnings
@@ -316,7 +318,7 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
     # previous run left half-received.
     if settings.incoming_dir.exists():
         shutil.rmtree(settings.incoming_dir)
-    metrics.setup_multiprocess(settings.data_dir / "metrics")  # the workers' metrics add up
+    metrics_dir = metrics.setup_multiprocess(_metrics_dir())  # the workers' metrics add up
     # One association count per worker, shared: the limit holds across workers, and a dead worker's
     # count is reset by the supervisor.
     association_slots = multiprocessing.get_context("fork").Array("i", settings.worker_count)
@@ -382,8 +384,23 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
     if tls_socket is not None:
         tls_socket.close()
     http_socket.close()
+    shutil.rmtree(metrics_dir, ignore_errors=True)
     log.info("stopped")
     return code
+
+
+def _metrics_dir() -> Path:
+    """Where the workers' metrics files go: in memory (/dev/shm) where the system has it, never on
+    the data disk. prometheus_client memory-maps them and grows them sparse; on a full disk the first
+    write into a new page kills the worker with SIGBUS, so a full data disk would take the server
+    down instead of refusing stores with "out of resources"."""
+    shm = Path("/dev/shm")
+    base = shm if shm.is_dir() and os.access(shm, os.W_OK) else Path(tempfile.gettempdir())
+    for left in base.glob("pacs-metrics-*"):  # of servers that were killed (SIGKILL, power loss)
+        pid = left.name.rpartition("-")[2]
+        if pid.isdigit() and Path("/proc/self").exists() and not Path(f"/proc/{pid}").exists():
+            shutil.rmtree(left, ignore_errors=True)
+    return base / f"pacs-metrics-{os.getpid()}"
 
 
 def _listen(host: str, port: int) -> socket.socket:

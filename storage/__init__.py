@@ -22,6 +22,7 @@ from storage.base import (
     ObjectStore,
     ObjectWriter,
     StorageError,
+    StorageFull,
 )
 from storage.url import StoreURLError, open_store
 
@@ -32,6 +33,7 @@ __all__ = [
     "ObjectStore",
     "ObjectWriter",
     "StorageError",
+    "StorageFull",
     "StoreURLError",
     "open_store",
 ]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import errno
 from collections.abc import Iterator
 from concurrent.futures import Executor
 from dataclasses import dataclass
@@ -12,6 +13,21 @@ from typing import BinaryIO, Protocol, runtime_checkable
 
 class StorageError(Exception):
     """The store could not complete an operation (I/O error, server unreachable, disk full)."""
+
+
+class StorageFull(StorageError):
+    """No space left where the store writes (``ENOSPC``, ``EDQUOT``); stores work again once some is freed."""
+
+
+def os_error(exc: OSError, doing: str) -> StorageError:
+    """A :class:`StorageError` for an ``OSError`` met while ``doing`` something, the reason first
+    ("No space left on device: writing object 'ab…'"): callers keep only the start of a message
+    (a DIMSE Error Comment holds 64 characters)."""
+    reason = exc.strerror or str(exc) or type(exc).__name__
+    message = f"{reason}: {doing}"
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return StorageFull(message)
+    return StorageError(message)
 
 
 class ObjectNotFound(StorageError):

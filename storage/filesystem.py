@@ -34,11 +34,14 @@ from functools import cache
 from pathlib import Path
 from typing import BinaryIO
 
-from storage.base import ObjectExists, ObjectInfo, ObjectNotFound, StorageError
+from storage.base import ObjectExists, ObjectInfo, ObjectNotFound, StorageError, StorageFull, os_error
 
 _KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{3,199}$")
 _STAGING = ".staging"
 _WRITEBACK_STEP = 1 << 20  # start write-back for every MiB written
+#: Below this much free space the store reports itself unavailable (:meth:`FilesystemStore.check`):
+#: no image of any size fits any more, and the index beside it may need the room.
+LOW_SPACE = 1 << 20
 
 
 def fsync_path(path: Path) -> None:
@@ -82,7 +85,7 @@ class FileObjectWriter:
         except FileExistsError:
             raise ObjectExists(key) from None
         except OSError as exc:
-            raise StorageError(f"cannot create object {key!r}: {exc}") from exc
+            raise os_error(exc, f"creating object {key!r} in {path.parent}") from exc
         self._written = 0
         self._flushed = 0
         self._committed = False
@@ -97,7 +100,7 @@ class FileObjectWriter:
                 fsync_path(path.parent)
             except OSError as exc:
                 self.abort()
-                raise StorageError(f"cannot create object {key!r}: {exc}") from exc
+                raise os_error(exc, f"creating object {key!r} in {path.parent}") from exc
 
     def write(self, data: bytes | bytearray | memoryview) -> int:
         fd = self._fd  # abort() from another thread may close it; then os.write fails cleanly
@@ -109,7 +112,7 @@ class FileObjectWriter:
                 n = os.write(fd, view)
                 view = view[n:]
         except OSError as exc:
-            raise StorageError(f"cannot write object {self.key!r}: {exc}") from exc
+            raise os_error(exc, f"writing object {self.key!r} in {self.path.parent}") from exc
         self._written += len(data)
         if self._writeback is not None and self._written - self._flushed >= _WRITEBACK_STEP:
             self._writeback(fd, self._flushed, self._written - self._flushed)
@@ -124,7 +127,7 @@ class FileObjectWriter:
             if self._named is not None:
                 self._named.result()
         except OSError as exc:
-            raise StorageError(f"cannot make object {self.key!r} durable: {exc}") from exc
+            raise os_error(exc, f"making object {self.key!r} in {self.path.parent} durable") from exc
         finally:
             os.close(self._fd)
             self._fd = None
@@ -177,7 +180,7 @@ class FilesystemStore:
         try:
             self._make_parent(path)
         except OSError as exc:
-            raise StorageError(f"cannot create object {key!r}: {exc}") from exc
+            raise os_error(exc, f"creating the folder of object {key!r} under {self.root}") from exc
         return FileObjectWriter(key, path, background)
 
     def put_file(self, key: str, path: Path) -> None:
@@ -197,7 +200,7 @@ class FilesystemStore:
         except (ObjectExists, FileNotFoundError):
             raise
         except OSError as exc:
-            raise StorageError(f"cannot store object {key!r}: {exc}") from exc
+            raise os_error(exc, f"storing object {key!r} under {self.root}") from exc
         finally:
             try:
                 os.unlink(staged)
@@ -211,7 +214,7 @@ class FilesystemStore:
         except FileNotFoundError:
             return
         except OSError as exc:
-            raise StorageError(f"cannot delete object {key!r}: {exc}") from exc
+            raise os_error(exc, f"deleting object {key!r} under {self.root}") from exc
 
     def sweep_staging(self, older_than: float) -> int:
         removed = 0
@@ -232,7 +235,7 @@ class FilesystemStore:
         except FileNotFoundError:
             raise ObjectNotFound(key) from None
         except OSError as exc:
-            raise StorageError(f"cannot open object {key!r}: {exc}") from exc
+            raise os_error(exc, f"opening object {key!r} under {self.root}") from exc
 
     def read_range(self, key: str, offset: int, length: int) -> bytes:
         if offset < 0 or length < 0:
@@ -262,6 +265,13 @@ class FilesystemStore:
     def check(self) -> None:
         if not os.access(self._staging, os.W_OK):
             raise StorageError(f"object folder {self.root} is not writable")
+        try:
+            st = os.statvfs(self.root)
+        except OSError as exc:
+            raise os_error(exc, f"checking object folder {self.root}") from exc
+        free = st.f_bavail * st.f_frsize
+        if free < LOW_SPACE:
+            raise StorageFull(f"no space left: {free} bytes free under {self.root}")
 
     def close(self) -> None:
         pass

@@ -22,7 +22,7 @@ import urllib3
 from minio import Minio
 from minio.error import MinioException, S3Error
 
-from storage.base import ObjectExists, ObjectInfo, ObjectNotFound, StorageError
+from storage.base import ObjectExists, ObjectInfo, ObjectNotFound, StorageError, os_error
 
 _MISSING = {"NoSuchKey", "NoSuchObject", "ResourceNotFound"}
 DEFAULT_PART_SIZE = 16 * 1024 * 1024  # minio reads a part into memory, up to 3 in parallel
@@ -57,7 +57,10 @@ class S3ObjectWriter:
     def __init__(self, store: S3Store, key: str, staging: Path) -> None:
         self.key = key
         self._store = store
-        fd, name = tempfile.mkstemp(dir=staging, prefix="s3-", suffix=".part")
+        try:
+            fd, name = tempfile.mkstemp(dir=staging, prefix="s3-", suffix=".part")
+        except OSError as exc:
+            raise os_error(exc, f"spooling object {key!r} in {staging}") from exc
         self.path = Path(name)
         self._file: BinaryIO | None = os.fdopen(fd, "wb", buffering=0)
         self._committed = False
@@ -65,14 +68,21 @@ class S3ObjectWriter:
     def write(self, data: bytes | bytearray | memoryview) -> int:
         if self._file is None:
             raise StorageError(f"object {self.key!r} is closed for writing")
-        self._file.write(data)
+        try:
+            self._file.write(data)
+        except OSError as exc:  # the spool's disk is full, say
+            raise os_error(exc, f"spooling object {self.key!r} in {self.path.parent}") from exc
         return len(data)
 
     def commit(self) -> None:
         if self._file is None:
             raise StorageError(f"object {self.key!r} was already committed or aborted")
-        self._file.close()
-        self._file = None
+        try:
+            self._file.close()
+        except OSError as exc:
+            raise os_error(exc, f"spooling object {self.key!r} in {self.path.parent}") from exc
+        finally:
+            self._file = None
         try:
             self._store.put_file(self.key, self.path)
         finally:
@@ -103,6 +113,7 @@ class S3Store:
         staging_dir: Path | None = None,
     ) -> None:
         self.bucket = bucket
+        self.endpoint = endpoint
         self.staging_dir = Path(staging_dir or tempfile.gettempdir())
         self.staging_dir.mkdir(parents=True, exist_ok=True)
         self.part_size = part_size
@@ -129,7 +140,7 @@ class S3Store:
                 if exc.code not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
                     raise StorageError(f"cannot use bucket {bucket!r} at {endpoint}: {exc}") from exc
             except (MinioException, urllib3.exceptions.HTTPError, OSError) as exc:
-                raise StorageError(f"cannot reach S3 endpoint {endpoint}: {exc}") from exc
+                raise self._failed(exc, f"opening bucket {bucket!r}") from exc
 
     def create(self, key: str, *, background: Executor | None = None) -> S3ObjectWriter:
         if self._exists(key):
@@ -150,7 +161,7 @@ class S3Store:
         except (MinioException, urllib3.exceptions.HTTPError, OSError, ValueError) as exc:
             if isinstance(exc, FileNotFoundError):
                 raise
-            raise StorageError(f"cannot upload object {key!r}: {exc}") from exc
+            raise self._failed(exc, f"uploading object {key!r}") from exc
 
     def _exists(self, key: str) -> bool:
         try:
@@ -186,9 +197,9 @@ class S3Store:
         except S3Error as exc:
             if exc.code in _MISSING:
                 raise ObjectNotFound(key) from None
-            raise StorageError(f"cannot read object {key!r}: {exc.code} {exc.message}") from exc
+            raise self._failed(exc, f"reading object {key!r}") from exc
         except (MinioException, urllib3.exceptions.HTTPError, OSError) as exc:
-            raise StorageError(f"cannot read object {key!r}: {exc}") from exc
+            raise self._failed(exc, f"reading object {key!r}") from exc
 
     def stat(self, key: str) -> ObjectInfo:
         try:
@@ -196,9 +207,9 @@ class S3Store:
         except S3Error as exc:
             if exc.code in _MISSING:
                 raise ObjectNotFound(key) from None
-            raise StorageError(f"cannot stat object {key!r}: {exc.code} {exc.message}") from exc
+            raise self._failed(exc, f"looking up object {key!r}") from exc
         except (MinioException, urllib3.exceptions.HTTPError, OSError) as exc:
-            raise StorageError(f"cannot stat object {key!r}: {exc}") from exc
+            raise self._failed(exc, f"looking up object {key!r}") from exc
         return ObjectInfo(key, int(st.size or 0), _utc(st.last_modified))
 
     def delete(self, key: str) -> None:
@@ -207,9 +218,9 @@ class S3Store:
         except S3Error as exc:
             if exc.code in _MISSING:
                 return
-            raise StorageError(f"cannot delete object {key!r}: {exc.code} {exc.message}") from exc
+            raise self._failed(exc, f"deleting object {key!r}") from exc
         except (MinioException, urllib3.exceptions.HTTPError, OSError) as exc:
-            raise StorageError(f"cannot delete object {key!r}: {exc}") from exc
+            raise self._failed(exc, f"deleting object {key!r}") from exc
 
     def iter_objects(self) -> Iterator[ObjectInfo]:
         try:
@@ -217,7 +228,7 @@ class S3Store:
                 if obj.object_name and not obj.is_dir:
                     yield ObjectInfo(obj.object_name, int(obj.size or 0), _utc(obj.last_modified))
         except (MinioException, urllib3.exceptions.HTTPError, OSError) as exc:
-            raise StorageError(f"cannot list bucket {self.bucket!r}: {exc}") from exc
+            raise self._failed(exc, f"listing bucket {self.bucket!r}") from exc
 
     def sweep_staging(self, older_than: float) -> int:
         removed = 0
@@ -236,10 +247,39 @@ class S3Store:
             if not self._client.bucket_exists(self.bucket):
                 raise StorageError(f"bucket {self.bucket!r} does not exist")
         except (MinioException, urllib3.exceptions.HTTPError, OSError) as exc:
-            raise StorageError(f"S3 store {self.location} unreachable: {exc}") from exc
+            raise self._failed(exc, f"checking bucket {self.bucket!r}") from exc
 
     def close(self) -> None:
         self._client._http.clear()
+
+    def _failed(self, exc: Exception, doing: str) -> StorageError:
+        """The error for a failed request, the reason first: "S3 unreachable (Connection refused) at
+        HOST:PORT: uploading object 'ab…'" (callers may keep only a message's first 64 characters)."""
+        if isinstance(exc, S3Error):
+            return StorageError(f"S3 error {exc.code} ({exc.message}) at {self.endpoint}: {doing}")
+        if isinstance(exc, MinioException | ValueError):  # e.g. HTTP 5xx without an S3 error document
+            return StorageError(f"S3 failed ({_first_line(exc)}) at {self.endpoint}: {doing}")
+        return StorageError(f"S3 unreachable ({_cause(exc)}) at {self.endpoint}: {doing}")
+
+
+def _cause(exc: BaseException) -> str:
+    """What went wrong with a connection, in a few words ("Connection refused", "Read timed out")."""
+    if isinstance(exc, urllib3.exceptions.MaxRetryError) and exc.reason is not None:
+        exc = exc.reason
+    text = _first_line(exc)
+    # "HTTPConnection(…): Failed to establish a new connection: [Errno 111] Connection refused"
+    if "[Errno" in text:
+        return text.rsplit("] ", 1)[-1].rstrip("')\"")
+    if "timed out" in text:
+        return "Read timed out" if "Read timed out" in text else "timed out"
+    if isinstance(exc, urllib3.exceptions.ProtocolError):
+        return "connection lost"
+    return text.rsplit(": ", 1)[-1][:80] or type(exc).__name__
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _utc(value: dt.datetime | None) -> dt.datetime:

@@ -6,6 +6,9 @@ from fastapi import HTTPException
 
 from pacs.errors import InvalidObject, InvalidQuery, NotFound, ObjectMismatch, PacsError, ResourceUnavailable
 
+#: What a 503 asks the client to wait before trying again: dependencies come back in seconds to minutes.
+RETRY_AFTER_SECONDS = 10
+
 
 def http_error(exc: PacsError) -> HTTPException:
     """404 for NotFound, 400 for bad input, 409 for a mismatching object, 503 when storage or index fail."""
@@ -16,5 +19,5 @@ def http_error(exc: PacsError) -> HTTPException:
     if isinstance(exc, InvalidObject | InvalidQuery):
         return HTTPException(400, str(exc))
     if isinstance(exc, ResourceUnavailable):
-        return HTTPException(503, str(exc))
+        return HTTPException(503, str(exc), headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
     return HTTPException(500, str(exc))

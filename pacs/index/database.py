@@ -6,15 +6,22 @@ writers queue on the database lock instead of failing with "database is locked" 
 transaction tries to become a write one; on PostgreSQL unique constraints and ``ON CONFLICT`` keep
 concurrent first arrivals safe.
 
-A pooled PostgreSQL connection that sat idle for :data:`PING_AFTER_IDLE` seconds is pinged before
-use and replaced if the server went away (a restart, a failover): a busy archive pays no round
-trip for it, and an idle one still never hands out a dead connection. Each connection plans
+A pooled PostgreSQL connection that sat idle for :data:`PING_AFTER_IDLE` seconds, or whose
+socket has something to read while idle (the server said goodbye: a restart, a failover), is
+pinged before use and replaced if the server went away: a busy archive pays no round trip for
+it, an idle one never hands out a dead connection, and after a restart no store fails on a
+connection the server closed while it sat in the pool. What was in flight when the server went
+away fails (the store answers "out of resources", nothing is kept). Connecting gives up after
+:data:`CONNECT_TIMEOUT` seconds and TCP keepalives find a server that vanished without closing
+its connections, so no request waits forever on an unreachable index. Each connection plans
 cursors for all their rows (``cursor_tuple_fraction = 1``, see :func:`pacs.query.sql.plan`):
 queries read every row they select.
 """
 
 from __future__ import annotations
 
+import os
+import select
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -26,6 +33,12 @@ from sqlalchemy.engine import make_url
 
 #: Seconds a pooled connection may sit idle before it is pinged on checkout.
 PING_AFTER_IDLE = 2.0
+#: Seconds to wait for a new PostgreSQL connection before the operation fails.
+CONNECT_TIMEOUT = 10
+#: TCP keepalive (libpq): probe an idle connection after 30 s, every 10 s, give up after 3 misses.
+KEEPALIVES = {"keepalives": 1, "keepalives_idle": 30, "keepalives_interval": 10, "keepalives_count": 3}
+#: Below this much free space beside a SQLite index, :func:`space_problem` reports it.
+LOW_SPACE = 1 << 20
 
 
 def create_index_engine(url: str, *, pool_size: int = 8) -> Engine:
@@ -41,14 +54,19 @@ def create_index_engine(url: str, *, pool_size: int = 8) -> Engine:
         pool_recycle=1800,
         # Planned for every row: a cursor planned for its first 10% (PostgreSQL's default) turns
         # a date range into a walk of the whole table in id order.
-        connect_args={"options": "-c cursor_tuple_fraction=1.0"},
+        connect_args={
+            "options": "-c cursor_tuple_fraction=1.0",
+            "connect_timeout": CONNECT_TIMEOUT,
+            **KEEPALIVES,
+        },
     )
     _ping_when_idle(engine)
     return engine
 
 
 def _ping_when_idle(engine: Engine) -> None:
-    """SQLAlchemy's ``pool_pre_ping``, but only for connections idle longer than PING_AFTER_IDLE."""
+    """SQLAlchemy's ``pool_pre_ping``, but only for connections idle longer than PING_AFTER_IDLE or
+    that the server has written to while idle."""
 
     @event.listens_for(engine, "checkin")
     def _on_checkin(_dbapi_connection: Any, record: Any) -> None:
@@ -57,7 +75,9 @@ def _ping_when_idle(engine: Engine) -> None:
     @event.listens_for(engine, "checkout")
     def _on_checkout(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
         idle_since = record.info.get("checked_in")
-        if idle_since is None or time.monotonic() - idle_since < PING_AFTER_IDLE:
+        if idle_since is None:
+            return
+        if time.monotonic() - idle_since < PING_AFTER_IDLE and not _has_input(dbapi_connection):
             return
         try:
             with dbapi_connection.cursor() as cursor:
@@ -66,6 +86,36 @@ def _ping_when_idle(engine: Engine) -> None:
         except Exception as error:
             # The pool drops this connection and checks out another (a new one if need be).
             raise exc.DisconnectionError(f"pooled connection is dead: {error}") from error
+
+
+def _has_input(dbapi_connection: Any) -> bool:
+    """Whether an idle connection's socket has something to read: the server sent an error (a
+    shutdown's "terminating connection") or closed it. No round trip, one poll."""
+    try:
+        fd = dbapi_connection.fileno()
+        readable, _, _ = select.select([fd], [], [], 0)
+    except Exception:  # no socket (closed, or a driver without fileno): ping to be sure
+        return True
+    return bool(readable)
+
+
+def space_problem(engine: Engine) -> str | None:
+    """What is wrong with the disk under a SQLite index (None when it has room, or for PostgreSQL,
+    whose disk the server watches): a full disk refuses every write transaction."""
+    if engine.dialect.name != "sqlite":
+        return None
+    database = engine.url.database
+    if not database or database == ":memory:":
+        return None
+    folder = Path(database).parent
+    try:
+        st = os.statvfs(folder)
+    except OSError as exc:
+        return f"{exc.strerror or exc}: checking the index folder {folder}"
+    free = st.f_bavail * st.f_frsize
+    if free < LOW_SPACE:
+        return f"no space left: {free} bytes free for the index in {folder}"
+    return None
 
 
 def _sqlite_engine(url: str, pool_size: int) -> Engine:

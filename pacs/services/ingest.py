@@ -9,6 +9,15 @@
    from step 3 is removed (best effort). A crash leaves at worst an unreferenced object, which
    ``pacs fsck`` reports, never an index row without its object.
 
+When a dependency fails (the object store unreachable, the index down or restarting, the disk
+full), the store fails with :class:`ResourceUnavailable` and the same running service stores again
+once the dependency is back. Removing the object of a failed store is where care is needed: an
+index transaction whose connection was lost during COMMIT may have committed after all, so the
+object is removed only once the index says no version refers to it. When the index cannot say, or
+the store cannot delete, the object is held and removed by a later successful store
+(:meth:`IngestService.held_objects`); only a process that stops before then leaves one for
+``pacs fsck``.
+
 An object whose dataset bytes equal a version already kept for its SOP Instance UID is a
 duplicate: nothing new is stored (:mod:`pacs.dicom.digest` says why the dataset is the identity).
 """
@@ -24,6 +33,8 @@ from collections.abc import Callable
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+
+from sqlalchemy.exc import DBAPIError
 
 from pacs import metrics
 from pacs.context import CallerContext
@@ -152,6 +163,9 @@ class IngestService:
         self._clock = clock
         self._hashing: ThreadPoolExecutor | None = None
         self._hashing_lock = threading.Lock()
+        # Objects of failed stores not removed yet (key -> SOP Instance UID), see _discard_unrecorded.
+        self._held: dict[str, str] = {}
+        self._held_lock = threading.Lock()
 
     def receive(self) -> Incoming:
         """Start receiving a new object into the store. It is hashed on a thread of its own, which
@@ -162,7 +176,7 @@ class IngestService:
         try:
             return Incoming(self.store.create(self._new_key(), background=self._hashing), self._hashing)
         except StorageError as exc:
-            raise ResourceUnavailable(f"cannot start storing an object: {exc}") from exc
+            raise ResourceUnavailable(str(exc)) from exc
 
     def close(self) -> None:
         with self._hashing_lock:
@@ -178,7 +192,7 @@ class IngestService:
         name = expected.sop_instance_uid if expected else incoming.key
         try:
             if incoming.error is not None:
-                raise ResourceUnavailable(f"{name}: cannot store object: {incoming.error}")
+                raise ResourceUnavailable(f"{name}: {incoming.error}")
             return self._ingest(
                 incoming.path, incoming.digests(), incoming.commit, ctx, expected, name, check_first=False
             )
@@ -235,14 +249,19 @@ class IngestService:
         try:
             key = put()
         except (StorageError, OSError) as exc:
-            raise ResourceUnavailable(f"{uid}: cannot store object: {exc}") from exc
+            raise ResourceUnavailable(f"{uid}: {exc}") from exc
         try:
             recorded = self.index.record(self._new_version(parsed, key, digests, ctx))
             if recorded.outcome is Outcome.DUPLICATE:  # already kept (a re-send, or a copy won a race)
                 recorded = self._repair_or_discard(recorded, key, digests, uid)
-        except BaseException:
-            self._discard(key, uid)
+        except BaseException as exc:
+            if _maybe_committed(exc):
+                self._discard_unrecorded(key, uid)
+            else:  # the transaction was rolled back: no version can refer to the object
+                self._discard(key, uid)
             raise
+        if self._held:  # the store and the index work again: remove what failed stores left
+            self._remove_held()
         log.info(
             "%s: %s (part %r, %s, %.1f MB) from %s in %.1f ms",
             recorded.outcome.value,
@@ -314,10 +333,83 @@ class IngestService:
         return Recorded(Outcome.REPAIRED, recorded.instance_id, recorded.version_id)
 
     def _discard(self, key: str, uid: str) -> None:
+        """Remove an object no version refers to; held for later when the store cannot delete it."""
         try:
             self.store.delete(key)
-        except Exception as exc:  # best effort: fsck reports what is left
-            log.warning("%s: could not remove object %s after a failed store: %s", uid, key, exc)
+        except Exception as exc:
+            log.warning("%s: cannot remove object %s of a failed store yet: %s", uid, key, exc)
+            self._hold(key, uid)
+
+    def _discard_unrecorded(self, key: str, uid: str) -> None:
+        """Remove the object of a store whose index transaction failed, unless that transaction
+        committed after all (its connection lost during COMMIT): then a version refers to the object
+        and it stays. An index that cannot answer keeps the object held until it can."""
+        try:
+            recorded = key in self.index.known_keys([key])
+        except Exception as exc:
+            log.warning(
+                "%s: object %s kept until the index can tell whether it is recorded: %s", uid, key, exc
+            )
+            self._hold(key, uid)
+            return
+        if recorded:
+            log.warning("%s: the failed index transaction did commit; object %s is kept", uid, key)
+            return
+        self._discard(key, uid)
+
+    def _hold(self, key: str, uid: str) -> None:
+        with self._held_lock:
+            if len(self._held) < _HELD_LIMIT:
+                self._held[key] = uid
+                return
+        log.error("%s: too many objects of failed stores held; `pacs fsck --repair` will remove %s", uid, key)
+
+    def held_objects(self) -> int:
+        """Objects of failed stores waiting to be removed (the index or the store was unavailable)."""
+        with self._held_lock:
+            return len(self._held)
+
+    def _remove_held(self) -> None:
+        """Remove held objects that no version refers to; what still cannot be removed stays held."""
+        with self._held_lock:
+            batch = dict(list(self._held.items())[:_HELD_BATCH])
+            for key in batch:
+                del self._held[key]
+        if not batch:
+            return
+        try:
+            recorded = self.index.known_keys(batch)
+        except Exception as exc:
+            log.warning("cannot check %d held objects against the index yet: %s", len(batch), exc)
+            with self._held_lock:
+                self._held.update(batch)
+            return
+        removed = 0
+        for key, uid in batch.items():
+            if key in recorded:
+                continue
+            try:
+                self.store.delete(key)
+                removed += 1
+            except Exception as exc:
+                log.warning("%s: cannot remove object %s of a failed store yet: %s", uid, key, exc)
+                self._hold(key, uid)
+        log.info("removed %d objects left by stores that failed while a dependency was down", removed)
+
+
+def _maybe_committed(exc: BaseException) -> bool:
+    """Whether the index transaction that raised ``exc`` may have committed all the same: only when
+    its connection was lost (the COMMIT may have reached the server, its answer did not come back)."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, DBAPIError) and seen.connection_invalidated:
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+_HELD_LIMIT = 100_000  # objects of failed stores held for removal; beyond that, fsck removes them
+_HELD_BATCH = 50  # held objects removed after one successful store
 
 
 def _part_id(parsed: ParsedObject) -> str:

@@ -2,10 +2,15 @@
 
 MinIO's server cannot be installed on the test machines; SeaweedFS speaks the same S3 API and the
 archive talks to it through the same ``minio`` SDK code that talks to MinIO in production.
+
+A server can be stopped and started again on the same ports and data folder (:meth:`SeaweedS3.restart`,
+or :meth:`SeaweedS3.stop` then :meth:`SeaweedS3.start`), keeping its buckets and objects: an archive
+connected to it sees an outage of its object store, then the same store back.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
@@ -18,6 +23,7 @@ from minio import Minio
 
 from tests.support.net import free_port_block
 
+_PROBE_BUCKET = "weed-ready-probe"  # written to once at every start, to know writes work
 ACCESS_KEY = "pacs-test"
 SECRET_KEY = "pacs-test-secret"
 
@@ -35,6 +41,7 @@ class SeaweedS3:
         self.workdir = workdir
         self.process: subprocess.Popen[bytes] | None = None
         self.endpoint = ""
+        self._ports: list[int] = []  # chosen at the first start, kept across restarts
 
     def start(self) -> None:
         data = self.workdir / "data"
@@ -66,9 +73,11 @@ class SeaweedS3:
         )
         # Every listener gets a port of its own (each also takes port + 10000 for gRPC), and the ones
         # not needed are off, so several test sessions can run on one machine at once.
-        s3, filer, master, volume, admin = _ports(5)
+        if not self._ports:
+            self._ports = _ports(5)
+        s3, filer, master, volume, admin = self._ports
         self.endpoint = f"127.0.0.1:{s3}"
-        self._log = open(self.workdir / "weed.log", "wb")  # noqa: SIM115 - closed in stop()
+        self._log = open(self.workdir / "weed.log", "ab")  # noqa: SIM115 - closed in stop()
         self.process = subprocess.Popen(
             [
                 weed_binary(),
@@ -97,13 +106,18 @@ class SeaweedS3:
         self._wait_ready()
 
     def _wait_ready(self) -> None:
+        """Until an object can be written: after a restart S3 answers some seconds before the volume
+        server has registered its volumes again, and a write meanwhile waits for it."""
         client = self.client()
         deadline = time.monotonic() + 60
         while True:
             if self.process is not None and self.process.poll() is not None:
                 raise RuntimeError(f"weed exited: see {self.workdir / 'weed.log'}")
             try:
-                client.list_buckets()
+                if not client.bucket_exists(_PROBE_BUCKET):
+                    client.make_bucket(_PROBE_BUCKET)
+                client.put_object(_PROBE_BUCKET, "probe", io.BytesIO(b"ready"), 5)
+                client.remove_object(_PROBE_BUCKET, "probe")
                 return
             except Exception:
                 if time.monotonic() > deadline:
@@ -125,9 +139,17 @@ class SeaweedS3:
             client.remove_object(bucket, obj.object_name)
         client.remove_bucket(bucket)
 
-    def stop(self) -> None:
+    @property
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def stop(self, *, kill: bool = False) -> None:
+        """Stop the server (SIGTERM, or SIGKILL with ``kill``: a crash); data and ports are kept."""
         if self.process is not None:
-            self.process.terminate()
+            if kill:
+                self.process.kill()
+            else:
+                self.process.terminate()
             try:
                 self.process.wait(15)
             except subprocess.TimeoutExpired:
@@ -135,6 +157,11 @@ class SeaweedS3:
                 self.process.wait()
             self.process = None
             self._log.close()
+
+    def restart(self, *, kill: bool = False) -> None:
+        """Stop, then start on the same ports and data folder; returns once S3 answers again."""
+        self.stop(kill=kill)
+        self.start()
 
 
 def _ports(count: int) -> list[int]:
