@@ -3,7 +3,7 @@
 The document is the one a client downloads (``/openapi.json`` of the running server); requests go
 over HTTP with an admin token, so every route runs past authentication. Each operation gets a
 bounded number of generated requests, valid ones (by the schema) and invalid ones, in a fixed
-order (``derandomize``), so a run is repeatable and takes about half a minute per backend pair.
+order (``derandomize``), so a run is repeatable and takes about twenty seconds per backend pair.
 The server has a DICOM client, as under ``pacs serve``, so the node routes answer as they would
 there.
 """
@@ -24,7 +24,7 @@ from pacs.context import CallerContext
 from tests.support.factories import diconde_dx, write
 from tests.support.web import RunningWeb
 
-EXAMPLES = {"GET": 12, "POST": 10, "PUT": 10, "DELETE": 6}
+EXAMPLES = {"GET": 8, "POST": 7, "PUT": 7, "DELETE": 4}
 # Routes whose requests go out to a DICOM node: a generated host name would make each example wait
 # for a DNS lookup or a connection timeout; test_rest.py covers them against a real node.
 SLOW = {("POST", "/api/nodes/{ae_title}/echo"), ("POST", "/api/nodes/{ae_title}/send")}
