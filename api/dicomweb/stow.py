@@ -11,7 +11,8 @@ Referenced SOP Sequence (0008,1199) and Failed SOP Sequence (0008,1198, with Fai
 (0008,1197) from PS3.4 Annex B.2.3 / PS3.18 Table 10.5.3-3); each failure's reason also in a
 ``Warning: 299`` header (PS3.18 8.3.2). Status 200 when every part was stored, 202 when some
 were, 409 when none was, 400 when none was and the body itself was malformed or cut off, 415
-for another media type.
+for another media type. A body that stops arriving for ``network_timeout`` seconds ends the request
+(408, the part it stopped in discarded, the connection closed), as a silent association ends.
 """
 
 from __future__ import annotations
@@ -22,10 +23,8 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import anyio
-import pydicom
 from fastapi import APIRouter, Depends, HTTPException, Request
 from fastapi.responses import JSONResponse, Response
-from pydicom.errors import InvalidDicomError
 from starlette.requests import ClientDisconnect
 
 from api.audit import note
@@ -39,8 +38,10 @@ from api.dicomweb.multipart_in import (
     UnsupportedMediaType,
     related_boundary,
 )
+from api.rest.errors import RETRY_AFTER_SECONDS
 from pacs.archive import Archive
 from pacs.context import CallerContext
+from pacs.dicom.parse import read_header
 from pacs.diconde.encodings import STORED_TRANSFER_SYNTAXES
 from pacs.errors import InvalidObject, ObjectMismatch, ResourceUnavailable
 from pacs.security import Permission
@@ -63,6 +64,7 @@ CANNOT_UNDERSTAND = 0xC000
 TRANSFER_SYNTAX_NOT_SUPPORTED = 0xC122
 
 _MAX_WARNINGS = 20  # Warning headers per response; every failure is in the body regardless
+_LAST_UID_TAG = 0x0020000E  # Series Instance UID: the last of the UIDs a part is named by
 
 
 @dataclass(frozen=True)
@@ -88,7 +90,9 @@ _STOW_RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {"description": "every instance stored (an identical re-send counts as stored)"},
     202: {"description": "some instances stored, the others listed in Failed SOP Sequence"},
     400: {"description": "malformed request: no boundary, no part, or a malformed body and nothing stored"},
+    408: {"description": "no body data for network_timeout seconds; the open part is discarded"},
     409: {"description": "no instance stored; reasons in Failed SOP Sequence and Warning headers"},
+    503: {"description": "nothing stored: storage or index unavailable, disk full (each part 0xA700)"},
     415: {"description": 'not multipart/related; type="application/dicom"'},
 }
 
@@ -126,8 +130,17 @@ async def _stow(request: Request, caller: CallerContext, study: str | None) -> R
     reader = MultipartReader(boundary, lambda part: _open_part(archive, part))
     results: list[_PartResult] = []
     pending: list[Part] = []
+    idle = archive.settings.network_timeout
+    chunks = request.stream().__aiter__()
     try:
-        async for chunk in request.stream():
+        while True:
+            try:
+                # A body that stops coming (a Content-Length never sent) holds a new store object
+                # open: give up on it as DIMSE gives up on a silent association.
+                with anyio.fail_after(idle):
+                    chunk = await chunks.__anext__()
+            except StopAsyncIteration:
+                break
             pending.extend(reader.feed(chunk))
             while pending:
                 part = pending.pop(0)
@@ -146,6 +159,20 @@ async def _stow(request: Request, caller: CallerContext, study: str | None) -> R
             stored,
         )
         return Response(status_code=400)  # nobody reads it
+    except TimeoutError:
+        stored = sum(1 for r in results if r.failure is None)
+        log.warning(
+            "STOW-RS from %s: no data for %.0f s inside part %d; %d part(s) stored before",
+            ctx.describe(),
+            idle,
+            reader.parts_seen,
+            stored,
+        )
+        return JSONResponse(
+            {"detail": f"no data for {idle:.0f} s: the request body stopped inside part {reader.parts_seen}"},
+            status_code=408,
+            headers={"Connection": "close"},
+        )
     finally:
         for left in [*pending, reader.close()]:
             if left is not None:
@@ -275,23 +302,30 @@ class _Part10Writer:
 
 def _read_header(path: Path) -> _Header | None:
     """The part's UIDs, for the response and the study check; None when it is not Part 10 DICOM
-    (the ingest then says why)."""
+    (the ingest then says why). Read only as far as the UIDs, in bounded memory whatever the part
+    holds (a deflated data set is inflated only that far)."""
     try:
-        ds = pydicom.dcmread(path, stop_before_pixels=True)
-    except (InvalidDicomError, OSError, ValueError, EOFError, KeyError, TypeError, AttributeError):
+        with path.open("rb") as f:
+            ds = read_header(f, name=path.name, last_tag=_LAST_UID_TAG)
+    except (InvalidObject, OSError):
         return None
     meta = getattr(ds, "file_meta", None)
 
     def text(value: object) -> str | None:
         return (str(value).strip() or None) if value else None
 
-    return _Header(
-        sop_class_uid=text(ds.get("SOPClassUID") or (meta and meta.get("MediaStorageSOPClassUID"))),
-        sop_instance_uid=text(ds.get("SOPInstanceUID") or (meta and meta.get("MediaStorageSOPInstanceUID"))),
-        study_instance_uid=text(ds.get("StudyInstanceUID")),
-        series_instance_uid=text(ds.get("SeriesInstanceUID")),
-        transfer_syntax_uid=text(meta.get("TransferSyntaxUID")) if meta is not None else None,
-    )
+    try:
+        return _Header(
+            sop_class_uid=text(ds.get("SOPClassUID") or (meta and meta.get("MediaStorageSOPClassUID"))),
+            sop_instance_uid=text(
+                ds.get("SOPInstanceUID") or (meta and meta.get("MediaStorageSOPInstanceUID"))
+            ),
+            study_instance_uid=text(ds.get("StudyInstanceUID")),
+            series_instance_uid=text(ds.get("SeriesInstanceUID")),
+            transfer_syntax_uid=text(meta.get("TransferSyntaxUID")) if meta is not None else None,
+        )
+    except Exception:  # a value pydicom cannot convert: the ingest says why the part is refused
+        return None
 
 
 # -- the response ---------------------------------------------------------------------------------
@@ -310,14 +344,22 @@ def _response(
         body["00081198"] = {"vr": "SQ", "Value": [_failed_item(r) for r in failed]}
     if stored:
         body["00081199"] = {"vr": "SQ", "Value": [_referenced_item(r, base) for r in stored]}
+    headers: dict[str, str] = {}
     if not failed:
         status = 200
     elif stored:
         status = 202
+    elif malformed:
+        status = 400
+    elif all(r.failure is not None and r.failure & 0xFF00 == OUT_OF_RESOURCES for r in failed):
+        # Storage or index unavailable, or the disk full: nothing is wrong with the request, so not
+        # 409 (a conflict in the request, PS3.18 10.5.3) but 503 (PS3.18 8.5): send it again later.
+        status = 503
+        headers["Retry-After"] = str(RETRY_AFTER_SECONDS)
     else:
-        status = 400 if malformed else 409
+        status = 409
     warnings = [f'299 NDT-archive "{_header_text(r.reason or "")}"' for r in failed[:_MAX_WARNINGS]]
-    response = JSONResponse(body, status_code=status, media_type=DICOM_JSON)
+    response = JSONResponse(body, status_code=status, media_type=DICOM_JSON, headers=headers)
     for warning in warnings:
         response.headers.append("Warning", warning)
     return response

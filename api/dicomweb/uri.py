@@ -18,7 +18,7 @@ from fastapi.responses import Response, StreamingResponse
 
 from api.auth import require
 from api.deps import archive_of
-from api.dicomweb.wado import DICOM, http_error
+from api.dicomweb.wado import DICOM, check_uids, http_error
 from pacs.archive import Archive
 from pacs.context import CallerContext
 from pacs.dicom import render
@@ -67,6 +67,7 @@ def wado_uri(
 ) -> Response:
     if request_type != "WADO":
         raise HTTPException(400, f"requestType must be WADO, not {request_type!r}")
+    check_uids(study_uid, series_uid, object_uid)
     for name, value in (("anonymize", anonymize), ("region", region)):
         if value is not None:
             raise HTTPException(400, f"{name} is not offered by this archive")

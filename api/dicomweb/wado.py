@@ -66,6 +66,14 @@ def http_error(exc: PacsError) -> NoReturn:
     raise HTTPException(status_code=status, detail=str(exc)) from exc
 
 
+def check_uids(*uids: str | None) -> None:
+    """UIDs taken from a URL: a NUL or another control character is in no stored UID, and
+    PostgreSQL cannot even compare a text with a NUL (it would fail as an index error)."""
+    for uid in uids:
+        if uid is not None and any(ord(char) < 0x20 for char in uid):
+            raise HTTPException(status_code=400, detail=f"a control character in the UID {uid[:80]!r}")
+
+
 def accepted_ranges(request: Request) -> list[MediaRange]:
     """The Accept header's media ranges; the ``accept`` query parameter (PS3.18 8.3.3.1) wins."""
     header = request.query_params.get("accept") or request.headers.get("accept")
@@ -102,6 +110,7 @@ def _instance_accept(ranges: list[MediaRange], single_allowed: bool) -> tuple[bo
 def _retrieve(
     request: Request, archive: Archive, study: str, series: str | None = None, instance: str | None = None
 ) -> Response:
+    check_uids(study, series, instance)
     single, accepted = _instance_accept(accepted_ranges(request), single_allowed=instance is not None)
     wado = WadoService(archive.retrieve)
     try:
@@ -203,6 +212,7 @@ def retrieve_instance(
 def _metadata(
     request: Request, archive: Archive, study: str, series: str | None = None, instance: str | None = None
 ) -> Response:
+    check_uids(study, series, instance)
     ranges = accepted_ranges(request)
     if not any(r.media_type in (DICOM_JSON, "application/json", "application/*", "*/*") for r in ranges):
         raise HTTPException(
@@ -304,6 +314,7 @@ def retrieve_frames(
     ``application/octet-stream``; an encapsulated object's frames in their own media type
     (``image/jp2``, ``image/jpeg``, ``image/jls``, ...), or decoded when the Accept header asks
     for ``application/octet-stream`` (Explicit VR Little Endian)."""
+    check_uids(study, series, instance)
     ranges = accepted_ranges(request)
     wado = WadoService(archive.retrieve)
     try:
@@ -350,6 +361,7 @@ def retrieve_bulkdata(
     ``application/octet-stream`` part; encapsulated: one part a frame in its own media type).
     Any other path (``bulkdata/00282000``, ``bulkdata/00540016/1/00181072``) is read from the
     stored header. ``Accept: application/octet-stream`` gets a single-part body."""
+    check_uids(study, series, instance)
     ranges = accepted_ranges(request)
     wants = _frame_wants(ranges)
     single = not wants and any(r.media_type == OCTET_STREAM for r in ranges)

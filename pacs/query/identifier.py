@@ -58,6 +58,9 @@ _TEXT_VRS = frozenset({"LO", "LT", "PN", "SH", "ST", "UC", "UT"})  # in the Spec
 _STRING_VRS = _TEXT_VRS | {"AE", "AS", "CS", "DA", "DS", "DT", "IS", "TM", "UI", "UR"}
 _BINARY_NUMBER_VRS = frozenset({"FL", "FD", "SL", "SS", "UL", "US", "SV", "UV"})
 _KEEP_LEADING_SPACES = frozenset({"LT", "ST", "UT"})
+#: Values one key may give (multiple value matching, PS3.4 C.2.2.2.8), and UIDs one list may hold.
+MAX_VALUES = 256
+MAX_UIDS = 4096
 
 
 def query_from_identifier(identifier: Dataset, model: InformationModel) -> Query:
@@ -206,6 +209,11 @@ def matcher_for(values: SequenceType[str], vr: str, name: str, tag: int) -> Matc
 def _matcher(values: SequenceType[str], vr: str, name: str, tag: int) -> Matcher:
     if not values:
         return Universal()
+    limit = MAX_UIDS if vr == "UI" else MAX_VALUES
+    if len(values) > limit:
+        # Each value is one more term of the SQL condition: SQLite refuses expressions deeper than
+        # 1000 terms, and neither index wants one query of thousands of alternatives.
+        raise InvalidQuery(f"{len(values)} values for {name}: at most {limit} in one query", tag)
     matchers = [_value_matcher(value, vr, name, tag) for value in values]
     if any(isinstance(m, Universal) for m in matchers):
         return Universal()
@@ -219,6 +227,8 @@ def _matcher(values: SequenceType[str], vr: str, name: str, tag: int) -> Matcher
 def _value_matcher(value: str, vr: str, name: str, tag: int) -> ValueMatcher:
     if value == "" or value == "*":  # "*" alone is universal matching (PS3.4 C.2.2.2.4)
         return Universal()
+    if "\x00" in value:  # padding is gone: a NUL inside a value, which no value in the index holds
+        raise InvalidQuery(f"a NUL character inside the value of {name}", tag)
     wild = "*" in value or "?" in value
     if vr in match.TEMPORAL_VRS:
         if wild:
@@ -228,7 +238,7 @@ def _value_matcher(value: str, vr: str, name: str, tag: int) -> ValueMatcher:
         if vr not in WILDCARD_VRS:
             raise InvalidQuery(f"no wildcards in {vr}: {name} {value!r}", tag)
         return Wildcard(value)
-    if vr == "UI" and not _is_uid(value):
+    if vr == "UI" and not is_uid(value):
         raise InvalidQuery(f"not a UID: {name} {value!r}", tag)
     if vr in match.NUMERIC_VRS:
         try:
@@ -238,7 +248,8 @@ def _value_matcher(value: str, vr: str, name: str, tag: int) -> ValueMatcher:
     return SingleValue(value)
 
 
-def _is_uid(value: str) -> bool:
+def is_uid(value: str) -> bool:
+    """Digits and dots, at most 64 characters (PS3.5 9.1), as a UID key's value must be."""
     parts = value.split(".")
     return len(value) <= 64 and all(p.isdigit() and p.isascii() for p in parts)
 

@@ -33,6 +33,7 @@ from pydicom.datadict import keyword_for_tag, tag_for_keyword
 
 from pacs.errors import InvalidQuery
 from pacs.query.attributes import FromResponse, attribute_for, query_attributes, tag_hex
+from pacs.query.identifier import is_uid as _is_uid
 from pacs.query.identifier import matcher_for
 from pacs.query.match import NUMERIC_VRS
 from pacs.query.model import (
@@ -43,6 +44,7 @@ from pacs.query.model import (
     Matcher,
     Query,
     SequenceMatch,
+    SingleValue,
     Universal,
     describe_tag,
 )
@@ -185,6 +187,9 @@ def qido_search(
     includes: list[str] = []
     controls: dict[str, str] = {}
     for name, value in parameters:
+        if "\x00" in name or "\x00" in value:
+            # No attribute holds a NUL (ingest drops them from the index), and URLs carry no padding.
+            raise InvalidQuery(f"a NUL character in the query parameter {name!r}")
         if name == "includefield":
             includes.extend(part.strip() for part in value.split(",") if part.strip())
         elif name in CONTROL_PARAMETERS:
@@ -199,14 +204,14 @@ def qido_search(
     limit, warnings = _limit(controls.get("limit"))
     offset = _count("offset", controls.get("offset"), 0)
 
+    keys: dict[int, Key] = {}
     for tag, uid in ((STUDY_INSTANCE_UID, study_uid), (SERIES_INSTANCE_UID, series_uid)):
         if uid is None:
             continue
         if (tag,) in filters:
             raise InvalidQuery(f"{_describe(tag)} is given by the resource path, not as a parameter", tag)
-        filters[(tag,)] = [uid]
+        keys[tag] = _path_key(tag, uid)
 
-    keys: dict[int, Key] = {}
     for tag, paths in _group(filters).items():
         key = _key(tag, paths, filters)
         _check_level(key, level)
@@ -309,11 +314,20 @@ def _group(filters: dict[tuple[int, ...], list[str]]) -> dict[int, list[tuple[in
     return grouped
 
 
+def _path_key(tag: int, uid: str) -> Key:
+    """The key of a UID the resource path names: that one UID, exactly. A path segment is not a
+    query value: ``/studies/*/series`` names no study (no wildcard, list or universal matching)."""
+    if not _is_uid(uid):
+        raise InvalidQuery(f"not a UID in the resource path: {_describe(tag)} {uid[:80]!r}", tag)
+    return Key(tag, attribute_for(tag).keyword, "UI", SingleValue(uid))
+
+
 def _key(tag: int, paths: list[tuple[int, ...]], filters: dict[tuple[int, ...], list[str]]) -> Key:
     """The key of ``tag`` from the filters on it (``paths`` all start with ``tag``)."""
     attribute = attribute_for(tag)
     name = _describe(tag)
-    if tag in _RESPONSE_ONLY:
+    given = any(value for value in filters.get((tag,), []))
+    if tag in _RESPONSE_ONLY or (isinstance(attribute.source, FromResponse) and given):
         raise InvalidQuery(f"cannot match on {name}: the archive fills it in the results", tag)
     if attribute.vr == "SQ":
         if (tag,) in filters and any(value for value in filters[(tag,)]):
