@@ -53,6 +53,7 @@ from pynetdicom import AE  # noqa: E402
 from pynetdicom.dsutils import encode  # noqa: E402
 
 from bench.report import write_section  # noqa: E402
+from dicom_nodes.transport import tune  # noqa: E402
 from tests.support.factories import diconde_dx  # noqa: E402
 from tests.support.seaweed import SeaweedS3  # noqa: E402
 from tests.support.serve import PacsServer, child_pids, pacs_command, proc_status_kib  # noqa: E402
@@ -238,6 +239,9 @@ class Load:
                 self.error(f"sender {number}: association refused or failed")
                 self.stop.wait(1.0)
                 continue
+            # pynetdicom's reactor thread can take a response meant for send_c_store (the
+            # requestor then waits out its DIMSE timeout): the archive's own SCU guard closes that.
+            tune(assoc)
             self.record("associate", time.perf_counter() - started)
             try:
                 for i in range(self.options.per_association):

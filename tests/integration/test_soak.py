@@ -21,6 +21,9 @@ def test_one_minute_of_parallel_storing_querying_and_retrieving(tmp_path: Path) 
     )
     result = run(options, tmp_path)
     report = table(result) + "".join(f"\n  {e}" for e in result.errors[:20])
+    server_log = tmp_path / "serve.log"
+    if server_log.exists():  # warnings and errors of the server (it logs at WARNING)
+        report += "\n--- end of the server's log ---\n" + server_log.read_text(errors="replace")[-4000:]
 
     assert result.errors == [], report
     assert result.acknowledged > 0, report

@@ -585,6 +585,8 @@ class StoreLoad:
     def _send(self, share: list[SentInstance]) -> None:
         from pynetdicom import AE
 
+        from dicom_nodes.transport import tune
+
         pending = list(share)
         try:
             ae = AE(ae_title=self.calling_ae)
@@ -594,6 +596,7 @@ class StoreLoad:
             if not assoc.is_established:
                 self._error("association not established")
                 return
+            tune(assoc)  # keeps pynetdicom's reactor thread off the C-STORE responses
             try:
                 while pending and assoc.is_established:
                     status = assoc.send_c_store(pending[0].path)
