@@ -11,6 +11,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 import pacs
 from api import metrics
@@ -27,6 +28,22 @@ REST = "/api"
 VIEWER = "/viewer"
 
 
+class RefuseNul:
+    """No URL the archive serves takes a NUL character: no UID, part ID or query value holds one
+    (ingest drops them from the index), and PostgreSQL cannot even compare a text with one, which
+    would come back as a 503. Refused before any route, 400."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and ("\x00" in scope["path"] or b"%00" in scope.get("query_string", b"")):
+            response = JSONResponse({"detail": "a NUL character (%00) in the URL"}, status_code=400)
+            await response(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+
 def create_app(archive: Archive) -> FastAPI:
     app = FastAPI(
         title="NDT archive",
@@ -36,6 +53,7 @@ def create_app(archive: Archive) -> FastAPI:
     app.state.archive = archive
     metrics.instrument(app)  # request latencies by route; which face a query or retrieve came through
     app.add_middleware(AuditMiddleware)  # every authenticated request into the audit trail
+    app.add_middleware(RefuseNul)
     if archive.settings.cors_allowed_origins:
         # A viewer served elsewhere (OHIF, say) calls DICOMweb with a bearer token: no cookies.
         app.add_middleware(

@@ -19,12 +19,16 @@ the order with real senders).
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import pynetdicom.acse
+from pydicom.uid import ImplicitVRLittleEndian
 from pynetdicom.presentation import PresentationContext, negotiate_as_acceptor
 
+log = logging.getLogger(__name__)
 _original = negotiate_as_acceptor
+_NO_ABSTRACT_SYNTAX = "2.25.0"  # stands for a missing abstract syntax in the reply
 
 
 def negotiate_in_sender_order(
@@ -36,12 +40,28 @@ def negotiate_in_sender_order(
     for requested in rq_contexts:
         ours = supported.get(str(requested.abstract_syntax))
         offer = [] if ours is None else [_in_sender_order(ours, requested)]
-        accepted, role_items = _original([requested], offer, roles)
+        try:
+            accepted, role_items = _original([requested], offer, roles)
+        except (TypeError, ValueError, IndexError) as exc:
+            # An item without its abstract or transfer syntax sub-items (PS3.8 9.3.2.2): raised
+            # here, it would end the association's thread and leave the connection open.
+            log.warning("rejecting malformed presentation context %s: %s", requested.context_id, exc)
+            results.append(_rejected(requested))
+            continue
         results.extend(accepted)
         for item in role_items:
             reply_roles[str(item.sop_class_uid)] = item
     results.sort(key=lambda cx: cx.context_id or 0)
     return results, [reply_roles[uid] for uid in sorted(reply_roles)]
+
+
+def _rejected(requested: PresentationContext) -> PresentationContext:
+    context = PresentationContext()
+    context.context_id = requested.context_id
+    context.abstract_syntax = requested.abstract_syntax or _NO_ABSTRACT_SYNTAX
+    context.transfer_syntax = [ImplicitVRLittleEndian]  # present in the reply, its value ignored
+    context.result = 0x02  # provider rejection, no reason given (PS3.8 Table 9-18)
+    return context
 
 
 def _in_sender_order(ours: PresentationContext, requested: PresentationContext) -> PresentationContext:

@@ -38,6 +38,8 @@ from pynetdicom.pdu_primitives import P_DATA
 if TYPE_CHECKING:
     from pynetdicom.association import Association
 
+log = logging.getLogger(__name__)
+
 #: P-DATA PDUs (each at most the peer's maximum PDU size) queued for sending at once.
 SEND_WINDOW = 8
 
@@ -54,18 +56,46 @@ def quiet_logging() -> None:
 
 class BulkReceiveSocket(transport.AssociationSocket):
     def recv(self, nr_bytes: int) -> bytearray:
-        buffer = bytearray(nr_bytes)
-        view = memoryview(buffer)
+        limit = _largest_pdu(self.assoc)
+        if nr_bytes > limit:
+            # A 6-byte PDU header may claim up to 4 GiB: a peer that ignores the maximum length
+            # negotiated (PS3.8 D.1) is dropped, nothing is allocated for it. pynetdicom takes
+            # the short read for a closed connection (Evt17).
+            peer = self.assoc.acceptor if self.assoc.is_requestor else self.assoc.requestor
+            log.warning(
+                "dropping the connection of %s:%s: a PDU of %d bytes, the largest accepted is %d",
+                peer.address,
+                peer.port,
+                nr_bytes,
+                limit,
+            )
+            return bytearray()
+        # Room grows with what arrives (doubling), never ahead of it by more than _FIRST_READ.
+        buffer = bytearray(min(nr_bytes, _FIRST_READ))
         sock = self.socket
         assert sock is not None
         read = 0
         while read < nr_bytes:
-            n = sock.recv_into(view[read:], nr_bytes - read)
+            if read == len(buffer):
+                buffer.extend(bytes(min(len(buffer), nr_bytes - read)))
+            n = sock.recv_into(memoryview(buffer)[read:], len(buffer) - read)
             if not n:  # the peer closed the connection: what arrived so far, as pynetdicom does
-                del view
                 return buffer[:read]
             read += n
         return buffer
+
+
+#: Bytes allocated for a PDU before any of it has arrived (the archive's PDUs are ~1 MiB).
+_FIRST_READ = 4 << 20
+#: Beyond the negotiated maximum: room for the PDUs it does not cover (association requests).
+_PDU_SLACK = 64 << 10
+
+
+def _largest_pdu(assoc: Association) -> int:
+    """The largest PDU taken from the peer: our maximum length plus slack; no limit when the
+    archive is configured without one (``max_pdu_size = 0``)."""
+    maximum = int(assoc.ae.maximum_pdu_size or 0)
+    return maximum + _PDU_SLACK if maximum else 1 << 32
 
 
 class _SendWindow(queue.Queue):  # type: ignore[type-arg]
@@ -97,6 +127,11 @@ def tune(assoc: Association, send_window: int = SEND_WINDOW) -> None:
         if holder.socket is not None:
             try:
                 holder.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                # pynetdicom reads a whole PDU once its first bytes arrive, blocking; an accepted
+                # socket has no timeout, so a peer that stops inside a PDU would hold the
+                # association (and its thread) forever, out of reach of the ARTIM and idle timers.
+                if assoc.network_timeout is not None and holder.socket.gettimeout() is None:
+                    holder.socket.settimeout(assoc.network_timeout)
             except OSError:  # already closed by the peer: nothing left to send on it
                 pass
     _keep_reactor_off_responses(assoc)

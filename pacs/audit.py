@@ -167,7 +167,7 @@ class AuditTrail:
         locked = select(audit_head.c.seq, audit_head.c.hash).where(audit_head.c.id == 1)
         if conn.dialect.name == "postgresql":
             locked = locked.with_for_update()
-        events = _with_parts(conn, events)
+        events = _with_parts(conn, [_printable(event) for event in events])
         seq, previous = conn.execute(locked).one()
         now = dt.datetime.now(dt.UTC)
         entries: list[AuditEntry] = []
@@ -388,6 +388,34 @@ class AuditTrail:
 
 #: Instance UIDs kept in an entry's detail; beyond, only their number.
 MAX_LISTED_INSTANCES = 1000
+
+
+def _printable(event: AuditEvent) -> AuditEvent:
+    """``event`` with every NUL character shown as U+FFFD. What a peer sends (a UID in a C-STORE
+    request, a part ID in a URL) may hold one; PostgreSQL cannot store it, and an entry it refuses
+    would hold up every entry queued behind it. Not removed: "1.2.3<NUL>.4" must not read as the
+    UID 1.2.3.4 of another instance."""
+
+    def clean(value: Any) -> Any:
+        if isinstance(value, str):
+            return value.replace("\x00", "\ufffd")
+        if isinstance(value, Mapping):
+            return {clean(k): clean(v) for k, v in value.items()}
+        if isinstance(value, list | tuple):
+            return type(value)(clean(v) for v in value)
+        return value
+
+    caller = event.caller
+    if caller is not None:
+        caller = replace(caller, **{k: clean(v) for k, v in vars(caller).items() if isinstance(v, str)})
+    return replace(
+        event,
+        caller=caller,
+        part_id=clean(event.part_id),
+        uids=tuple(clean(u) for u in event.uids),
+        detail=clean(dict(event.detail)),
+        instances=tuple(clean(i) for i in event.instances),
+    )
 
 
 def _with_parts(conn: Connection, events: Sequence[AuditEvent]) -> list[AuditEvent]:
