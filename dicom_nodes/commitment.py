@@ -21,6 +21,7 @@ Transaction UID, and verification is repeated from the stored bytes.
 from __future__ import annotations
 
 import logging
+import queue
 import threading
 import time
 import weakref
@@ -42,7 +43,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 )
 
 from dicom_nodes import store, tls
-from dicom_nodes.transport import tune
+from dicom_nodes.transport import reactor_idle, tune
 
 if TYPE_CHECKING:
     from dicom_nodes.server import Registry
@@ -72,6 +73,11 @@ VERIFICATIONS_AT_ONCE = 4  # per process: verification reads whole objects; more
 QUIET_ATTEMPTS = 20  # tries to find the requesting association between two messages of the device
 QUIET_WAIT = 0.25  # seconds between those tries
 PAUSE_WAIT = 5.0  # seconds to wait for the association's reactor to finish its current message
+#: Once the device has asked to release, how long the report's response is still awaited on its
+#: association. PS3.8 (Sta7) lets the device answer, dcmtk does, pynetdicom cannot (its state
+#: machine refuses to send in Sta7): without a bound the archive would wait the whole DIMSE
+#: timeout before calling the device back.
+LEAVING_GRACE = 2.0
 LOGGED_FAILURES = 20  # failed instances logged one by one per transaction; the rest are counted
 
 # N-ACTION statuses, PS3.7 10.1.4.1.10 and Annex C.
@@ -296,9 +302,14 @@ class Reporter:
                     if assoc.dimse.peek_msg()[1] is not None:
                         continue
                     try:
-                        status, _ = assoc.send_n_event_report(
-                            info, event_type, SOP_CLASS, WELL_KNOWN_INSTANCE, msg_id=channel.next_message_id()
-                        )
+                        with _response_awaited_while_staying(assoc):
+                            status, _ = assoc.send_n_event_report(
+                                info,
+                                event_type,
+                                SOP_CLASS,
+                                WELL_KNOWN_INSTANCE,
+                                msg_id=channel.next_message_id(),
+                            )
                     except Exception as exc:  # closed in between (RuntimeError) or no usable context
                         log.info(
                             "storage commitment %s: not reported on the requesting association: %s", uid, exc
@@ -371,11 +382,46 @@ def _reactor_paused(assoc: Association) -> Iterator[bool]:
     assoc._reactor_checkpoint.clear()
     try:
         deadline = time.monotonic() + PAUSE_WAIT
-        while not assoc._is_paused and assoc.is_established and time.monotonic() < deadline:
+        while not reactor_idle(assoc) and assoc.is_established and time.monotonic() < deadline:
             time.sleep(0.0005)
-        yield bool(assoc._is_paused and assoc.is_established)
+        yield bool(reactor_idle(assoc) and assoc.is_established)
     finally:
         assoc._reactor_checkpoint.set()
+
+
+@contextmanager
+def _response_awaited_while_staying(assoc: Association) -> Iterator[None]:
+    """While in the block, a blocking wait for a DIMSE message on ``assoc`` (pynetdicom's
+    ``send_*`` waiting for its response) gives up ``LEAVING_GRACE`` seconds after the peer asked to
+    release or abort, rather than at the end of the DIMSE timeout. The reactor is paused meanwhile,
+    so nothing else reads the queue."""
+    dimse = assoc.dimse
+    guarded = dimse.get_msg
+
+    def get_msg(block: bool = False) -> Any:
+        if not block:
+            return guarded(block)
+        timeout = dimse.dimse_timeout
+        deadline = None if timeout is None else time.monotonic() + timeout
+        leaving_since: float | None = None
+        while True:
+            try:
+                return dimse.msg_queue.get(timeout=0.05)
+            except queue.Empty:
+                pass
+            now = time.monotonic()
+            if deadline is not None and now >= deadline:
+                return None, None
+            if _closing(assoc):
+                leaving_since = now if leaving_since is None else leaving_since
+                if now - leaving_since >= LEAVING_GRACE:
+                    return None, None
+
+    dimse.get_msg = get_msg  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        dimse.get_msg = guarded  # type: ignore[method-assign]
 
 
 def _closing(assoc: Association) -> bool:

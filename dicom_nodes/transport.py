@@ -29,6 +29,7 @@ from __future__ import annotations
 import logging
 import queue
 import socket
+import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -156,6 +157,28 @@ def _keep_reactor_off_responses(assoc: Association) -> None:
 
     dimse.get_msg = get_msg  # type: ignore[method-assign]
     dimse._reactor_guard = True  # type: ignore[attr-defined]
+
+    # pynetdicom marks the reactor paused while it serves a request too (a handler may call
+    # send_*), so "paused" alone does not tell another thread that the reactor is idle: the
+    # response to the request is still to be sent.
+    serve = assoc._serve_request
+    serving: set[int] = set()
+
+    def serve_request(msg: Any, context_id: int) -> None:
+        serving.add(threading.get_ident())
+        try:
+            serve(msg, context_id)
+        finally:
+            serving.discard(threading.get_ident())
+
+    assoc._serve_request = serve_request  # type: ignore[method-assign]
+    assoc._serving = serving  # type: ignore[attr-defined]
+
+
+def reactor_idle(assoc: Association) -> bool:
+    """Whether ``assoc``'s reactor is paused between two messages (after a ``send_*``-style pause:
+    its checkpoint cleared), not serving a request: only then may another thread send on it."""
+    return bool(assoc._is_paused) and not getattr(assoc, "_serving", None)
 
 
 class RequestHandler(transport.RequestHandler):

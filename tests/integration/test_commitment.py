@@ -62,6 +62,7 @@ class Report:
     info: Dataset
     assoc: Association
     acceptor_roles: tuple[bool | None, bool | None]  # (as SCU, as SCP) of the side receiving it
+    handler: threading.Thread  # pynetdicom answers the report from a thread of its own
 
 
 class Reports:
@@ -75,15 +76,25 @@ class Reports:
             cx for cx in event.assoc.accepted_contexts if cx.context_id == event.context.context_id
         )
         self._queue.put(
-            Report(event.event_type, event.event_information, event.assoc, (context.as_scu, context.as_scp))
+            Report(
+                event.event_type,
+                event.event_information,
+                event.assoc,
+                (context.as_scu, context.as_scp),
+                threading.current_thread(),
+            )
         )
         return SUCCESS, None  # status, no Event Reply
 
     def next(self, timeout: float = REPORT_WAIT) -> Report:
         try:
-            return self._queue.get(timeout=timeout)
+            report = self._queue.get(timeout=timeout)
         except queue.Empty:
             raise AssertionError(f"no N-EVENT-REPORT within {timeout} s") from None
+        # pynetdicom sends the response from the handler's thread, unsynchronised with the device's
+        # own sends: a C-STORE sent before it is queued would interleave with it on the wire.
+        report.handler.join(timeout)
+        return report
 
     def empty(self) -> bool:
         return self._queue.empty()
@@ -378,6 +389,57 @@ def test_report_comes_on_a_new_association_after_release(
         assert report.acceptor_roles == (True, False)  # role selection: the device is the SCU
         assert reports.empty()  # nothing came on the released association
     finally:
+        server.shutdown()
+
+
+def test_a_device_leaving_before_it_answers_the_report_is_called_back_at_once(
+    reports: Reports, archive: Archive, node: RunningNode, tmp_path: Path
+) -> None:
+    """The report goes out on the open association; the device asks to release instead of answering
+    it (what a pynetdicom device does when the report crosses its A-RELEASE-RQ). The archive calls
+    the device back within seconds, not after its DIMSE timeout (60 s)."""
+    listener = Reports()
+    ae = AE(DEVICE)
+    ae.add_supported_context(SCPM, scu_role=False, scp_role=True)
+    port = free_port()
+    server = ae.start_server(
+        ("127.0.0.1", port), block=False, evt_handlers=[(evt.EVT_N_EVENT_REPORT, listener.handle)]
+    )
+    entered, proceed = threading.Event(), threading.Event()
+
+    def never_answers(event: Any) -> tuple[int, None]:
+        entered.set()
+        proceed.wait(REPORT_WAIT)  # blocks the device's reactor: the report stays unanswered
+        return SUCCESS, None
+
+    requester = AE(DEVICE)
+    requester.add_requested_context(DX)
+    requester.add_requested_context(SCPM)
+    assoc = requester.associate(
+        node.host, node.port, ae_title=node.ae_title, evt_handlers=[(evt.EVT_N_EVENT_REPORT, never_answers)]
+    )
+    assert assoc.is_established
+    tune(assoc)
+    try:
+        archive.nodes.add(Node(DEVICE, "127.0.0.1", port, description="test device"))
+        uids = store(assoc, tmp_path, 2)
+        transaction = generate_uid()
+        status = request_commitment(assoc, action_information(transaction, [(DX, uid) for uid in uids]))
+        assert status.Status == SUCCESS
+        assert entered.wait(REPORT_WAIT), "no report on the open association"
+        asked = time.monotonic()
+        assoc.acse.send_release(is_response=False)  # A-RELEASE-RQ, the report still unanswered
+
+        report = listener.next(timeout=20)
+        assert time.monotonic() - asked < 20  # well inside the archive's 60 s DIMSE timeout
+        assert report.info.TransactionUID == transaction
+        assert committed(report) == [(DX, uid) for uid in uids]
+        assert report.assoc.requestor.ae_title == archive.settings.ae_title  # a new association
+        wait_until(lambda: closed(node), "the archive to answer the release")
+    finally:
+        proceed.set()
+        if assoc.is_established:
+            assoc.abort()
         server.shutdown()
 
 
