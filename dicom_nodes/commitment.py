@@ -394,9 +394,17 @@ def _response_awaited_while_staying(assoc: Association) -> Iterator[None]:
     """While in the block, a blocking wait for a DIMSE message on ``assoc`` (pynetdicom's
     ``send_*`` waiting for its response) gives up ``LEAVING_GRACE`` seconds after the peer asked to
     release or abort, rather than at the end of the DIMSE timeout. The reactor is paused meanwhile,
-    so nothing else reads the queue."""
+    so nothing else reads the queue. Given up that way, the association is not aborted (what
+    pynetdicom does when a response does not come): the reactor answers the release once the block
+    is left."""
     dimse = assoc.dimse
     guarded = dimse.get_msg
+    no_response = assoc._handle_no_response
+    left: list[bool] = []
+
+    def handle_no_response() -> None:
+        if not left:
+            no_response()
 
     def get_msg(block: bool = False) -> Any:
         if not block:
@@ -415,13 +423,16 @@ def _response_awaited_while_staying(assoc: Association) -> Iterator[None]:
             if _closing(assoc):
                 leaving_since = now if leaving_since is None else leaving_since
                 if now - leaving_since >= LEAVING_GRACE:
+                    left.append(True)
                     return None, None
 
     dimse.get_msg = get_msg  # type: ignore[method-assign]
+    assoc._handle_no_response = handle_no_response  # type: ignore[method-assign]
     try:
         yield
     finally:
         dimse.get_msg = guarded  # type: ignore[method-assign]
+        assoc._handle_no_response = no_response  # type: ignore[method-assign]
 
 
 def _closing(assoc: Association) -> bool:

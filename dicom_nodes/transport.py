@@ -19,6 +19,8 @@
   is taken for paused, and under CPU load it can take the response ``send_*`` waits for ("Received
   unexpected ... service message"), which then fails after the DIMSE timeout. :func:`tune` makes
   the reactor's non-blocking reads see nothing while the event is cleared.
+* pynetdicom's two threads per association poll every millisecond; :class:`RequestHandler` gives
+  every accepted association the event-driven loops of :mod:`dicom_nodes.reactor` instead.
 
 :class:`RequestHandler` tunes every accepted association; the archive's SCUs (``dicom_nodes.scu``,
 the C-MOVE sub-association) call :func:`tune` on theirs.
@@ -35,6 +37,8 @@ from typing import TYPE_CHECKING, Any
 
 from pynetdicom import _config, transport
 from pynetdicom.pdu_primitives import P_DATA
+
+from dicom_nodes import reactor
 
 if TYPE_CHECKING:
     from pynetdicom.association import Association
@@ -106,10 +110,11 @@ class _SendWindow(queue.Queue):  # type: ignore[type-arg]
     goes in at once, and nothing waits once the DUL has stopped.
     """
 
-    def __init__(self, limit: int, alive: Callable[[], bool]) -> None:
+    def __init__(self, limit: int, alive: Callable[[], bool], signal: Callable[[], None]) -> None:
         super().__init__()
         self.limit = limit
         self.alive = alive
+        self.signal = signal  # wakes an event-driven DUL thread (dicom_nodes.reactor)
 
     def put(self, item: Any, block: bool = True, timeout: float | None = None) -> None:
         if isinstance(item, P_DATA):
@@ -117,6 +122,7 @@ class _SendWindow(queue.Queue):  # type: ignore[type-arg]
                 while self._qsize() >= self.limit and self.alive():
                     self.not_full.wait(0.5)
         super().put(item, block, timeout)
+        self.signal()
 
 
 def tune(assoc: Association, send_window: int = SEND_WINDOW) -> None:
@@ -138,7 +144,8 @@ def tune(assoc: Association, send_window: int = SEND_WINDOW) -> None:
     _keep_reactor_off_responses(assoc)
     dul = assoc.dul
     if not isinstance(dul.to_provider_queue, _SendWindow):
-        window = _SendWindow(send_window, lambda: dul.is_alive() and not dul._kill_thread)
+        alive = lambda: dul.is_alive() and not dul._kill_thread  # noqa: E731
+        window = _SendWindow(send_window, alive, reactor.wake_on_put(dul))
         window.queue.extend(dul.to_provider_queue.queue)
         dul.to_provider_queue = window
 
@@ -184,5 +191,6 @@ def reactor_idle(assoc: Association) -> bool:
 class RequestHandler(transport.RequestHandler):
     def _create_association(self) -> Association:
         assoc = super()._create_association()
+        reactor.install(assoc)  # before its threads start; tune() keeps what it installs
         tune(assoc)
         return assoc
