@@ -9,13 +9,13 @@ from pydicom.dataset import Dataset
 from pynetdicom import evt
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.events import Event
-from pynetdicom.presentation import AllStoragePresentationContexts
 
 from dicom_nodes.spool import Spooler
 
 if TYPE_CHECKING:
     from dicom_nodes.server import Registry
 from pacs.context import CallerContext
+from pacs.diconde import encodings
 from pacs.diconde.encodings import STORED_TRANSFER_SYNTAXES
 from pacs.errors import InvalidObject, ObjectMismatch, ResourceUnavailable
 from pacs.services.ingest import Expected, IngestService
@@ -38,8 +38,8 @@ def register(registry: Registry) -> None:
 
 
 def storage_sop_classes() -> list[str]:
-    """Every storage SOP class pynetdicom knows (DX, CR, CT, Enhanced CT, US, SC, Raw Data, PDF, ...)."""
-    return [str(cx.abstract_syntax) for cx in AllStoragePresentationContexts]
+    """Every storage SOP class the archive stores (``pacs.diconde.encodings``)."""
+    return list(encodings.storage_sop_classes())
 
 
 def handle_store(event: Event, ingest: IngestService, spooler: Spooler) -> Dataset:

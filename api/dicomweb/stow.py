@@ -42,7 +42,7 @@ from api.rest.errors import RETRY_AFTER_SECONDS
 from pacs.archive import Archive
 from pacs.context import CallerContext
 from pacs.dicom.parse import read_header
-from pacs.diconde.encodings import STORED_TRANSFER_SYNTAXES
+from pacs.diconde.encodings import STORED_TRANSFER_SYNTAXES, storage_sop_classes
 from pacs.errors import InvalidObject, ObjectMismatch, ResourceUnavailable
 from pacs.security import Permission
 from pacs.services.ingest import Incoming
@@ -221,6 +221,16 @@ def _store_part(archive: Archive, part: Part, study: str | None, ctx: CallerCont
             incoming.abort()
             return _failed(
                 part, header, TRANSFER_SYNTAX_NOT_SUPPORTED, f"transfer syntax {ts} is not stored", ctx
+            )
+        sop_class = header.sop_class_uid
+        if sop_class and sop_class not in storage_sop_classes():
+            incoming.abort()
+            return _failed(
+                part,
+                header,
+                SOP_CLASS_NOT_SUPPORTED,
+                f"SOP Class {sop_class} is not a storage SOP class the archive stores",
+                ctx,
             )
         if study is not None and header.study_instance_uid != study:
             incoming.abort()

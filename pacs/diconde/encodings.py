@@ -1,4 +1,5 @@
-"""Transfer syntaxes the archive stores as received (no transcoding at ingest).
+"""Transfer syntaxes the archive stores as received (no transcoding at ingest), and the SOP classes
+it stores.
 
 Everything pydicom knows of that carries pixel data inside the object: native (implicit and explicit
 VR little endian, explicit big endian, deflated), JPEG baseline/extended/lossless, JPEG-LS, JPEG 2000
@@ -8,6 +9,8 @@ SMPTE ST 2110 real-time streaming syntaxes.
 """
 
 from __future__ import annotations
+
+from functools import cache
 
 from pydicom import uid
 
@@ -47,3 +50,13 @@ def codestream_start_marker(transfer_syntax: str) -> bytes | None:
 def is_video(transfer_syntax: str) -> bool:
     """Video streams have no per-frame byte ranges; a frame exists only once decoded."""
     return transfer_syntax in _VIDEO
+
+
+@cache
+def storage_sop_classes() -> tuple[str, ...]:
+    """Every storage SOP class pynetdicom knows (DX, CR, CT, Enhanced CT, US, SC, Raw Data, PDF, ...):
+    what the C-STORE SCP accepts and STOW-RS takes. Imported when first asked (pynetdicom is not
+    light, and most commands never need it)."""
+    from pynetdicom.presentation import AllStoragePresentationContexts
+
+    return tuple(str(cx.abstract_syntax) for cx in AllStoragePresentationContexts)

@@ -22,7 +22,7 @@ import pydicom
 import pytest
 from dicomweb_client.api import DICOMwebClient
 from pydicom.dataset import Dataset
-from pydicom.uid import generate_uid
+from pydicom.uid import UID, generate_uid
 from sqlalchemy import text
 
 from pacs.archive import Archive
@@ -195,6 +195,34 @@ def test_all_parts_failing_is_409(web: RunningWeb, archive: Archive) -> None:
     assert [value(i, FAILURE_REASON) for i in items(response.json(), FAILED)] == [0xA900, 0xC000]
     assert REFERENCED not in response.json()
     assert object_count(archive) == 0
+
+
+@pytest.mark.parametrize(
+    "sop_class",
+    [
+        pytest.param("1.2.840.10008.1.1", id="verification"),
+        pytest.param("1.2.840.10008.5.1.4.1.2.2.1", id="a-query-model"),
+        pytest.param("1.2.826.0.1.3680043.8.498.1", id="unknown"),
+    ],
+)
+def test_a_sop_class_the_archive_does_not_store_is_0122(
+    web: RunningWeb, archive: Archive, sop_class: str
+) -> None:
+    """As on the DICOM port, where such a presentation context is refused: PS3.4 B.2.3 0x0122."""
+    good, odd = dx(seed=11), dx(seed=12)
+    odd.SOPClassUID = sop_class
+    odd.file_meta.MediaStorageSOPClassUID = UID(sop_class)
+    parts: list[tuple[str | None, bytes]] = [("application/dicom", part10_bytes(x)) for x in (good, odd)]
+    response = stow(web, parts)
+    assert response.status_code == 202, response.text
+    (failed,) = items(response.json(), FAILED)
+    assert value(failed, FAILURE_REASON) == 0x0122
+    assert value(failed, SOP_CLASS) == sop_class
+    assert value(failed, SOP_INSTANCE) == odd.SOPInstanceUID
+    assert f"SOP Class {sop_class} is not a storage SOP class" in response.headers["warning"]
+    with pytest.raises(NotFound):
+        archive.retrieve.current(odd.SOPInstanceUID)
+    assert object_count(archive) == 1  # the good part only
 
 
 def test_instance_without_series_uid_is_a_mismatch(web: RunningWeb, archive: Archive) -> None:
