@@ -671,7 +671,8 @@ def run_network(minutes: float, bomb_every: int, seed: int, workdir: Path) -> Ne
                     break
                 progress(
                     f"round {result.rounds}: {sum(tried.values())} bad inputs, "
-                    f"{sum(crashes.values())} crashes, worker RSS {samples[-1] if samples else 0:.0f} MB"
+                    f"{sum(crashes.values())} crashes, worker RSS {samples[-1] if samples else 0:.0f} MB, "
+                    f"{proc_status_kib(worker, 'Threads')} threads"
                 )
         result.rss_end_mb = proc_status_kib(worker, "VmRSS") / 1024
         result.hwm_mb = proc_status_kib(worker, "VmHWM") / 1024
