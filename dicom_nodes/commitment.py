@@ -384,6 +384,8 @@ def _reactor_paused(assoc: Association) -> Iterator[bool]:
         deadline = time.monotonic() + PAUSE_WAIT
         while not reactor_idle(assoc) and assoc.is_established and time.monotonic() < deadline:
             time.sleep(0.0005)
+            # A send_* the reactor makes while serving (C-GET's C-STOREs) sets it again on return.
+            assoc._reactor_checkpoint.clear()
         yield bool(reactor_idle(assoc) and assoc.is_established)
     finally:
         assoc._reactor_checkpoint.set()

@@ -10,17 +10,18 @@ associations reached.
 :func:`install` gives an association, before its threads start, the same two loops with the sleep
 replaced by a wait for something to do:
 
-* the DUL thread waits in ``select`` on its socket and on a pipe written whenever a primitive is
-  queued for it (and, for a TLS socket, not while decrypted bytes are buffered);
+* the DUL thread waits in ``poll`` on its socket and on a pipe written whenever a primitive or a
+  state machine event is queued for it (and, for a TLS socket, not while decrypted bytes are
+  buffered);
 * the association thread waits on an event set whenever the DUL queues a DIMSE message or an
   ACSE primitive (release, abort) for it.
 
 Both still wake every ``IDLE_WAKE`` seconds to see their timers (ARTIM, network idle), which keep
 their meaning with that resolution; a kill wakes the loop it ends at once. Everything else is
 pynetdicom's loop as it is: the state machine, the order of checks, the handling of an exception
-in the DUL, and the pause protocol of the ``send_*`` methods (the reactor is marked paused while it
-waits, and never reads a message while the checkpoint is cleared; see
-:func:`dicom_nodes.transport._keep_reactor_off_responses`).
+in the DUL (the socket is closed too), and the pause protocol of the ``send_*`` methods (the
+reactor is marked paused while it waits, and never reads a message while the checkpoint is
+cleared; see :func:`dicom_nodes.transport._keep_reactor_off_responses`).
 """
 
 from __future__ import annotations
@@ -113,6 +114,7 @@ def install(assoc: Association) -> None:
     assoc._news = news  # type: ignore[attr-defined]
     assoc.dimse.msg_queue = _Signalling(news.set, assoc.dimse.msg_queue.queue)
     dul.to_user_queue = _Signalling(news.set, dul.to_user_queue.queue)
+    dul.event_queue = _Signalling(wake.set, dul.event_queue.queue)  # Evt17 from another thread
     dul._target = lambda: _run_dul(dul, wake)  # type: ignore[attr-defined]
     assoc._run_reactor = lambda: _run_association(assoc, news)  # type: ignore[method-assign]
 
@@ -132,8 +134,8 @@ def install(assoc: Association) -> None:
     kill = assoc.kill
 
     def kill_association() -> None:
-        kill()
         news.set()
+        kill()
 
     dul.kill_dul = kill_dul  # type: ignore[method-assign]
     dul.stop_dul = stop_dul  # type: ignore[method-assign]
@@ -149,21 +151,21 @@ def wake_on_put(dul: DULServiceProvider) -> Any:
 
 
 def _wait_for_socket(dul: DULServiceProvider, wake: _Wake, timeout: float) -> None:
+    """Until the socket is readable (data, end of stream), the wake-up pipe is written, or
+    ``timeout`` seconds. ``poll``, not ``select``: a busy process has descriptors above 1024."""
     holder = dul.socket
     sock = holder.socket if holder is not None and holder._is_connected else None
-    if sock is None or sock.fileno() < 0:  # closed (Sta13, Sta1): only a primitive can wake it
-        try:
-            select.select([wake.read_fd], [], [], timeout)
-        except (OSError, ValueError):
-            time.sleep(0.001)
-        wake.drain()
-        return
+    fd = sock.fileno() if sock is not None else -1
     if isinstance(sock, ssl.SSLSocket) and sock.pending():
-        return  # decrypted bytes wait in the TLS layer: select would not see them
+        return  # decrypted bytes wait in the TLS layer: poll would not see them
+    poller = select.poll()
+    poller.register(wake.read_fd, select.POLLIN)
+    if fd >= 0:  # else closed (Sta13, Sta1): only a primitive or an event can wake it
+        poller.register(fd, select.POLLIN)
     try:
-        select.select([sock.fileno(), wake.read_fd], [], [], timeout)
-    except (OSError, ValueError):  # closed meanwhile: the transport check will say so
-        return
+        poller.poll(timeout * 1000)
+    except OSError:  # interrupted: the loop looks again
+        pass
     wake.drain()
 
 
@@ -214,7 +216,10 @@ def _run_dul(dul: DULServiceProvider, wake: _Wake) -> None:
                 # A primitive of ours the state no longer takes (a release response after the
                 # association was aborted): pynetdicom's loop would die on it with the primitive
                 # still queued. Dropped; the state machine goes on.
-                dropped = dul.to_provider_queue.get(block=False)
+                try:
+                    dropped = dul.to_provider_queue.get(block=False)
+                except queue.Empty:
+                    continue
                 LOGGER.warning(
                     "dropping %s: not valid in state %s",
                     type(dropped).__name__,
@@ -222,6 +227,12 @@ def _run_dul(dul: DULServiceProvider, wake: _Wake) -> None:
                 )
             busy = True
     finally:
+        holder = dul.socket
+        if holder is not None and holder._is_connected:  # ended by an exception: let the peer know
+            try:
+                holder.close()
+            except Exception:
+                pass
         _wake_association(dul.assoc)
         wake.close()
 
@@ -249,7 +260,9 @@ def _run_association(assoc: Association, news: threading.Event) -> None:
         news.clear()  # what arrives from here on wakes the next wait
 
         context_id, msg = assoc.dimse.get_msg(block=False)
-        busy = msg is not None
+        # A message hidden by a pause (another thread's send_*) must not cost the next wait its
+        # wake-up: with one queued the loop goes round again (and waits at the checkpoint).
+        busy = msg is not None or not assoc.dimse.msg_queue.empty()
         if msg:
             assoc._serve_request(msg, cast(int, context_id))
 

@@ -183,9 +183,14 @@ def _keep_reactor_off_responses(assoc: Association) -> None:
 
 
 def reactor_idle(assoc: Association) -> bool:
-    """Whether ``assoc``'s reactor is paused between two messages (after a ``send_*``-style pause:
-    its checkpoint cleared), not serving a request: only then may another thread send on it."""
-    return bool(assoc._is_paused) and not getattr(assoc, "_serving", None)
+    """Whether ``assoc``'s reactor is held between two messages: its checkpoint cleared (a
+    ``send_*`` of the reactor's own thread sets it again when it ends), the reactor marked paused
+    and not serving a request. Only then may another thread send on it."""
+    return (
+        not assoc._reactor_checkpoint.is_set()
+        and bool(assoc._is_paused)
+        and not getattr(assoc, "_serving", None)
+    )
 
 
 class RequestHandler(transport.RequestHandler):

@@ -628,6 +628,9 @@ def test_a_storage_commitment_report_goes_to_a_tls_device_over_tls(
             ae_title=server_.ae_title,
             tls_args=(client, server_.host),
             ext_neg=[build_role(StorageCommitmentPushModel, scu_role=True, scp_role=True)],
+            # The report comes on this association when the archive is quicker than the release,
+            # else on a new one to the listener: TLS either way.
+            evt_handlers=[(evt.EVT_N_EVENT_REPORT, on_report)],
         )
         assert assoc.is_established
         info = Dataset()
