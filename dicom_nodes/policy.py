@@ -43,6 +43,7 @@ NOT_AUTHORIZED = 0x0124
 # A-ASSOCIATE-RJ (result, source, diagnostic), PS3.8 9.3.4
 REJECT_CALLING_AE = (0x01, 0x01, 0x03)  # permanent, service user, calling AE title not recognised
 REJECT_LOCAL_LIMIT = (0x02, 0x03, 0x02)  # transient, service provider (presentation), local limit exceeded
+REJECT_NO_REASON = (0x01, 0x01, 0x01)  # permanent, service user, no reason given
 
 
 class SharedSlots(Protocol):
@@ -109,6 +110,13 @@ class AssociationPolicy:
         request = cast(A_ASSOCIATE, assoc.requestor.primitive)
         calling = (request.calling_ae_title or "").strip()
         address = assoc.requestor.address
+        missing = _missing_items(request)
+        if missing:
+            # pynetdicom would accept it: an association that can do nothing, held until the
+            # network timeout. PS3.8 9.3.2 makes both items mandatory.
+            log.warning("association from %s@%s rejected: the request has no %s", calling, address, missing)
+            self._reject(assoc, REJECT_NO_REASON)
+            return
         role = self.role_of(calling, address)
         if role is None:
             log.warning("association from %s@%s rejected: calling AE title not allowed", calling, address)
@@ -157,6 +165,16 @@ class AssociationPolicy:
         assoc.acse.send_reject(*reason)
         evt.trigger(assoc, evt.EVT_REJECTED, {})
         assoc.kill()
+
+
+def _missing_items(request: A_ASSOCIATE) -> str:
+    """What a request lacks of the items every A-ASSOCIATE-RQ carries: a presentation context, and
+    the user information item with its maximum length (PS3.8 9.3.2, PS3.8 D.1); "" if nothing."""
+    if not request.presentation_context_definition_list:
+        return "presentation context"
+    if request.maximum_length_received is None:
+        return "user information (maximum length)"
+    return ""
 
 
 def _resolve(host: str) -> frozenset[str]:

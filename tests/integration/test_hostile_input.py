@@ -44,6 +44,7 @@ from tests.support.hostile import (
     HOSTILE_STRINGS,
     VERIFICATION,
     RawPeer,
+    associate_rq,
     body_of,
     broken_stow_bodies,
     dataset_of,
@@ -182,6 +183,32 @@ def test_malformed_pdus_get_an_abort_or_a_rejection_and_the_node_keeps_serving(
         waited = time.monotonic() - started
         assert "silence" not in answers and waited < TIMEOUT + LATE, f"{case}: {answers} after {waited:.1f} s"
         assert kept(archive) == before, case
+    still_serves(dicom_node, archive, peers)
+
+
+@SQLITE
+@pytest.mark.parametrize(
+    "missing",
+    [
+        pytest.param("user", id="no-user-information"),
+        pytest.param("contexts", id="no-presentation-context"),
+    ],
+)
+def test_an_association_request_without_a_mandatory_item_is_rejected_at_once(
+    dicom_node: RunningNode, archive: Archive, peers: Peers, missing: str
+) -> None:
+    """pynetdicom accepts such a request, and the association then idles until the network
+    timeout; the archive answers A-ASSOCIATE-RJ (permanent, service user, no reason given)."""
+    contexts = [] if missing == "contexts" else [(1, VERIFICATION, [ImplicitVRLittleEndian])]
+    data = associate_rq(dicom_node.ae_title, contexts)
+    if missing == "user":
+        user = data.index(b"\x50\x00")
+        data = pdu(0x01, data[6:user])
+    with peers.connect(dicom_node) as peer:
+        peer.send(data)
+        kind, body = peer.receive()
+        assert kind == 0x03, f"PDU type {kind:#04x}, not an A-ASSOCIATE-RJ"
+        assert body[1:4] == bytes([0x01, 0x01, 0x01])  # result, source, reason
     still_serves(dicom_node, archive, peers)
 
 
