@@ -114,7 +114,14 @@ def install(assoc: Association) -> None:
     assoc._news = news  # type: ignore[attr-defined]
     assoc.dimse.msg_queue = _Signalling(news.set, assoc.dimse.msg_queue.queue)
     dul.to_user_queue = _Signalling(news.set, dul.to_user_queue.queue)
-    dul.event_queue = _Signalling(wake.set, dul.event_queue.queue)  # Evt17 from another thread
+
+    # Events come from the DUL thread itself (every PDU read) but also from others (a socket
+    # closed elsewhere: Evt17); only those need the wake-up, the DUL looks at its queue anyway.
+    def wake_from_elsewhere() -> None:
+        if threading.current_thread() is not dul:
+            wake.set()
+
+    dul.event_queue = _Signalling(wake_from_elsewhere, dul.event_queue.queue)
     dul._target = lambda: _run_dul(dul, wake)  # type: ignore[attr-defined]
     assoc._run_reactor = lambda: _run_association(assoc, news)  # type: ignore[method-assign]
 

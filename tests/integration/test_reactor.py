@@ -18,7 +18,7 @@ from pynetdicom import AE
 from pynetdicom.association import Association
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
-from tests.support.serve import PacsServer
+from tests.support.serve import PacsServer, proc_status_kib
 
 IDLE_ASSOCIATIONS = 16
 IDLE_SECONDS = 3.0
@@ -94,5 +94,4 @@ def test_a_peer_that_vanishes_frees_its_association(server: PacsServer) -> None:
 
 
 def threads(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as f:
-        return int(next(line for line in f if line.startswith("Threads:")).split()[1])
+    return proc_status_kib(pid, "Threads")  # a count, despite the helper's name
