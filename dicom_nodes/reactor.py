@@ -10,9 +10,9 @@ associations reached.
 :func:`install` gives an association, before its threads start, the same two loops with the sleep
 replaced by a wait for something to do:
 
-* the DUL thread waits in ``poll`` on its socket and on a pipe written whenever a primitive or a
-  state machine event is queued for it (and, for a TLS socket, not while decrypted bytes are
-  buffered);
+* the DUL thread waits in ``poll`` on its socket and on a pipe written whenever a primitive is
+  queued for it or another thread queues a state machine event (and, for a TLS socket, not while
+  decrypted bytes are buffered);
 * the association thread waits on an event set whenever the DUL queues a DIMSE message or an
   ACSE primitive (release, abort) for it.
 
