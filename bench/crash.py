@@ -61,6 +61,7 @@ from tests.support.serve import (  # noqa: E402
     index_counts,
     instance_corpus,
     kill_server,
+    restart_on_ports,
     verify_stored,
 )
 
@@ -188,12 +189,11 @@ def crash_round(campaign: Campaign, record: Round, args: argparse.Namespace, rng
     campaign.acknowledged.extend(load.acknowledged)
 
     started = time.monotonic()
-    restarted = campaign.server = PacsServer(
+    restarted = campaign.server = restart_on_ports(
         [*archive_flags(campaign.settings), *ports],
         workers=args.workers,
         log_path=campaign.folder / f"serve-{n}.log",
     )
-    restarted.start()
     record.restart_seconds = time.monotonic() - started
 
     record.lost = verify_stored(campaign.settings, campaign.acknowledged)

@@ -33,6 +33,7 @@ from tests.support.serve import (
     index_counts,
     instance_corpus,
     kill_server,
+    restart_on_ports,
     verify_stored,
 )
 
@@ -80,7 +81,7 @@ def test_sigkill_while_eight_associations_store_loses_nothing_acknowledged(
             assert load.unanswered, f"the kill came after the last store, not during sending ({where})"
             acknowledged += load.acknowledged
 
-            server = PacsServer([*flags, *ports], workers=2, log_path=tmp_path / f"serve-{n}.log").start()
+            server = restart_on_ports([*flags, *ports], workers=2, log_path=tmp_path / f"serve-{n}.log")
             assert verify_stored(archive_settings, acknowledged) == {}, where
             fsck = fsck_summary(archive_settings)
             assert fsck.returncode == 0 and fsck.no_entry_without_object, (where, fsck.output)

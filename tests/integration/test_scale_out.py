@@ -30,6 +30,7 @@ from tests.support.serve import (
     index_counts,
     instance_corpus,
     kill_server,
+    restart_on_ports,
     verify_stored,
 )
 
@@ -88,9 +89,8 @@ def test_two_nodes_on_one_index_and_store_are_one_archive(
         rest = [i for i in to_b if i not in set(load_b.acknowledged)]
         resend = StoreLoad.to(node_a, rest, ASSOCIATIONS_PER_NODE).run()
         assert resend.complete, (where, resend.refused, resend.errors)
-        node_b = PacsServer(
-            [*archive_flags(settings_b), *ports_b], workers=1, log_path=tmp_path / "b-1.log"
-        ).start()
+        log_b = tmp_path / "b-1.log"
+        node_b = restart_on_ports([*archive_flags(settings_b), *ports_b], workers=1, log_path=log_b)
 
         assert verify_stored(checker, instances) == {}, where
         assert index_counts(checker) == {

@@ -22,7 +22,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import IO
+from typing import IO, Any
 
 READY = re.compile(
     r"^NDT archive ready: DICOM (?P<ae>\S+) on (?P<dicom_host>\S+):(?P<dicom_port>\d+), "
@@ -377,6 +377,24 @@ FSCK_SUMMARY = re.compile(
 def archive_flags(values: Mapping[str, object]) -> list[str]:
     """Settings (``data_dir``, ``database_url``, ...) as ``pacs`` command-line flags."""
     return [arg for key, value in values.items() for arg in (f"--{key.replace('_', '-')}", str(value))]
+
+
+def restart_on_ports(
+    config_args: Sequence[str | os.PathLike[str]], *, within: float = 10.0, **kwargs: Any
+) -> PacsServer:
+    """Start ``pacs serve`` on the ports a killed one listened on (``--dicom-port P --http-port Q``
+    among ``config_args``). Those ports came from the kernel's ephemeral range, and once the
+    listener is gone the kernel may hand one to another process's outgoing connection, which
+    makes the bind fail until that connection closes: retried for ``within`` seconds, as a service
+    manager restarting the archive would."""
+    deadline = time.monotonic() + within
+    while True:
+        try:
+            return PacsServer(config_args, **kwargs).start()
+        except RuntimeError as exc:
+            if "Address already in use" not in str(exc) or time.monotonic() >= deadline:
+                raise
+            time.sleep(0.5)
 
 
 def process_gone(pid: int) -> bool:
