@@ -7,7 +7,9 @@ a :class:`pacs.context.CallerContext`:
   (an expired token's detail starts "the API token expired", so a client can say so);
 * a valid token whose role lacks the permission: 403 naming the role and the permission;
 * a client address with too many failed logins (:class:`pacs.security.FailedLogins`): 429 with
-  ``Retry-After``, whatever token it sends, until its failures leave the window.
+  ``Retry-After``, whatever token it sends, until its failures leave the window. Failures are
+  counted in the index, over every process and node; checking an address reads only the
+  process's memory, so a request with a valid token costs no extra index query.
 
 Each failed login is logged with the client address (never the token). A request without any token
 is not counted as a failed login: a browser's first request has none.
@@ -129,13 +131,16 @@ def _unauthorized(detail: str, error: str | None) -> HTTPException:
 
 
 def failed_logins(app: Starlette) -> FailedLogins:
-    """The app's failed-login counter (one per application, made on first use)."""
+    """The app's failed-login limit (one per application, made on first use), counted in the
+    archive's index so that it holds across processes and nodes."""
     limiter: FailedLogins | None = getattr(app.state, "failed_logins", None)
     if limiter is None:
         with _limiter_lock:
             limiter = getattr(app.state, "failed_logins", None)
             if limiter is None:
-                limiter = app.state.failed_logins = FailedLogins()
+                archive = getattr(app.state, "archive", None)
+                shared = archive.login_failures if archive is not None else None
+                limiter = app.state.failed_logins = FailedLogins(shared=shared)
     return limiter
 
 

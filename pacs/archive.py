@@ -18,6 +18,7 @@ from pacs.decisions import DecisionRepository
 from pacs.errors import ResourceUnavailable
 from pacs.index import migrate
 from pacs.index.database import create_index_engine, redact_url
+from pacs.index.login_failures import LoginFailureRepository
 from pacs.index.nodes import NodeRepository
 from pacs.index.repository import IndexRepository
 from pacs.index.users import UserRepository
@@ -42,6 +43,7 @@ class Archive:
     nodes: NodeRepository
     search: SearchService
     users: UserRepository
+    login_failures: LoginFailureRepository
     audit: AuditTrail
     decisions: DecisionRepository
     retention: RetentionService
@@ -95,6 +97,7 @@ def open_archive(settings: Settings, *, upgrade_schema: bool = True) -> Archive:
         nodes=NodeRepository(engine),
         search=SearchService(engine),
         users=UserRepository(engine),
+        login_failures=LoginFailureRepository(engine),
         audit=audit,
         decisions=DecisionRepository(engine, audit),
         retention=RetentionService(engine, store, audit, settings.retention_rules, settings.purge_grace_days),

@@ -255,3 +255,16 @@ legal_hold = Table(
     Column("released_by", String(64), nullable=True),
     Column("released_at", Timestamp, nullable=True),
 )
+
+# Failed logins (pacs/index/login_failures.py): one row per failure, so that the limit of
+# pacs.security.FailedLogins holds across the processes and nodes sharing the index. Rows older
+# than the window are deleted as new failures arrive.
+login_failure = Table(
+    "login_failure",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("address", String(64), nullable=False),  # the client address (IPv6 needs up to 45)
+    Column("at", Timestamp, nullable=False),  # wall-clock UTC, the same on every node
+    Index(None, "address", "at"),
+    Index(None, "at"),
+)

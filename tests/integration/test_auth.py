@@ -38,7 +38,7 @@ from pacs.context import CallerContext
 from pacs.security import FAILED_LOGIN_LIMIT, Permission, Role, allows
 from tests.conftest import RunningNode, start_dicom_node
 from tests.support.factories import diconde_dx, write
-from tests.support.serve import PacsServer, run_pacs
+from tests.support.serve import PacsServer, archive_flags, run_pacs, wait_until
 from tests.support.web import RunningWeb
 
 OPEN_ROUTES = {"/", "/health", "/metrics", "/docs", "/openapi.json", "/docs/oauth2-redirect", "/redoc"}
@@ -218,6 +218,138 @@ def test_missing_tokens_are_not_counted_as_failed_logins(web: RunningWeb) -> Non
     for _ in range(FAILED_LOGIN_LIMIT + 2):
         assert httpx.get(url, timeout=10).status_code == 401
     assert httpx.get(url, headers=web.headers("inspector"), timeout=10).status_code == 200
+
+
+def test_a_failed_login_the_index_cannot_record_is_still_401_and_limited_in_the_process(
+    web: RunningWeb, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The index goes away between checking a token and recording the failure: never a 500."""
+    from pacs.errors import ResourceUnavailable
+
+    def unavailable(*args: object, **kwargs: object) -> float:
+        raise ResourceUnavailable("index unavailable: connection refused")
+
+    monkeypatch.setattr(web.archive.login_failures, "record", unavailable)
+    url = f"{web.dicomweb}/studies"
+    wrong = {"Authorization": "Bearer not-a-token-" + "x" * 30}
+    caplog.set_level(logging.ERROR, logger="pacs.security")
+    for _ in range(FAILED_LOGIN_LIMIT):
+        assert httpx.get(url, headers=wrong, timeout=10).status_code == 401
+    assert httpx.get(url, headers=wrong, timeout=10).status_code == 429  # counted in the process
+    assert any("cannot record a failed login from 127.0.0.1" in r.getMessage() for r in caplog.records)
+
+
+# -- the failed-login limit over several processes, and the proxies it believes ---------------------
+def served_index(database: str, tmp_path: Path, request: pytest.FixtureRequest) -> dict[str, object]:
+    """Settings of a new archive for ``pacs serve``: SQLite in the data folder, or a PostgreSQL
+    database of its own."""
+    values: dict[str, object] = {"data_dir": tmp_path / "archive"}
+    if database == "postgresql":
+        values["database_url"] = request.getfixturevalue("postgres_url")
+    return values
+
+
+def worker_of(server: PacsServer, path: str) -> str:
+    """The worker process whose log names the request for ``path`` (each test request has a path
+    of its own)."""
+    line = re.compile(rf"\[(worker-\d+)\] .*{re.escape(path)}\b")
+    found: list[str] = []
+    wait_until(lambda: found.extend(line.findall(server.log())) or found, 10, f"the log line of {path}")
+    assert len(found) == 1, found
+    return found[0]
+
+
+@pytest.mark.parametrize("database", ["sqlite", "postgresql"])
+def test_the_failed_login_limit_holds_across_the_workers_of_pacs_serve(
+    database: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """Failures spread over both workers of ``pacs serve --workers 2`` add up to one limit.
+
+    Each worker gets fewer than the limit, so a count per process (as before the index kept it)
+    would never answer 429. A kept-alive connection stays with the worker that accepted it: the
+    test opens connections until it holds one on each worker, learning which from the log line of
+    a request that is refused without being a failed login (a device asking to query)."""
+    values = served_index(database, tmp_path, request)
+    archive = open_archive(load_settings(values))
+    try:
+        device = {"Authorization": f"Bearer {archive.users.add('probe', Role.DEVICE)}"}
+        good = {"Authorization": f"Bearer {archive.users.add('ws-30', Role.INSPECTOR)}"}
+    finally:
+        archive.close()
+    wrong = {"Authorization": "Bearer not-a-token-" + "x" * 30}
+    paths = (f"/dicom-web/studies/1.2.826.0.1.3680043.10.999.{n}/series" for n in range(1000))
+    with PacsServer(archive_flags(values), workers=2, log_path=tmp_path / "serve.log") as server:
+        on: dict[str, httpx.Client] = {}
+        try:
+            for _ in range(50):
+                client = httpx.Client(base_url=server.http_url, timeout=10)
+                path = next(paths)
+                assert client.get(path, headers=device).status_code == 403
+                worker = worker_of(server, path)
+                if worker in on:
+                    client.close()
+                    continue
+                on[worker] = client
+                if len(on) == 2:
+                    break
+            assert sorted(on) == ["worker-1", "worker-2"], "no connection reached the second worker"
+
+            failures = {worker: 0 for worker in on}
+            for _ in range(FAILED_LOGIN_LIMIT):
+                worker = min(failures, key=failures.__getitem__)
+                path = next(paths)
+                assert on[worker].get(path, headers=wrong).status_code == 401
+                failures[worker_of(server, path)] += 1
+            assert sum(failures.values()) == FAILED_LOGIN_LIMIT
+            assert all(0 < n < FAILED_LOGIN_LIMIT for n in failures.values()), failures
+
+            # Each worker has seen fewer than the limit, yet both refuse the address now, the
+            # right token included; a worker learns at its next failure at the latest (one guess
+            # more per process, the documented bound).
+            for client in on.values():
+                answer = client.get(next(paths), headers=wrong)
+                if answer.status_code == 401:
+                    answer = client.get(next(paths), headers=wrong)
+                assert answer.status_code == 429, answer.text
+                assert "too many failed logins from 127.0.0.1" in answer.json()["detail"]
+                assert 1 <= int(answer.headers["retry-after"]) <= 60
+                assert client.get(next(paths), headers=good).status_code == 429
+        finally:
+            for client in on.values():
+                client.close()
+        logged = [line for line in server.log().splitlines() if "failed login from 127.0.0.1" in line]
+        assert FAILED_LOGIN_LIMIT <= len(logged) <= FAILED_LOGIN_LIMIT + 1
+
+
+@pytest.mark.parametrize(("trusted_proxies", "seen_as"), [(None, "127.0.0.1"), ("127.0.0.1", "203.0.113.9")])
+def test_x_forwarded_for_counts_only_from_a_trusted_proxy(
+    trusted_proxies: str | None, seen_as: str, tmp_path: Path
+) -> None:
+    """By default a local process cannot pick the address its failed logins are limited and
+    audited under; behind a proxy listed in ``trusted_proxies``, the client it names is the one."""
+    data = tmp_path / "archive"
+    env = {"PACS_TRUSTED_PROXIES": trusted_proxies} if trusted_proxies else None
+    with PacsServer(["--data-dir", data], workers=1, env=env, log_path=tmp_path / "serve.log") as server:
+        good = {"Authorization": f"Bearer {server.stdout_lines[1]}"}  # the first admin's token
+        url = f"{server.http_url}/dicom-web/studies"
+        spoofed = {"Authorization": "Bearer not-a-token-" + "x" * 30, "X-Forwarded-For": "203.0.113.9"}
+        for _ in range(FAILED_LOGIN_LIMIT):
+            assert httpx.get(url, headers=spoofed, timeout=10).status_code == 401
+        blocked = httpx.get(url, headers={**good, "X-Forwarded-For": "203.0.113.9"}, timeout=10)
+        assert blocked.status_code == 429
+        assert f"too many failed logins from {seen_as};" in blocked.json()["detail"]
+        direct = httpx.get(url, headers=good, timeout=10)  # from 127.0.0.1, without the header
+        assert direct.status_code == (429 if seen_as == "127.0.0.1" else 200)
+    failures = [line for line in server.log().splitlines() if "failed login from" in line]
+    assert len(failures) == FAILED_LOGIN_LIMIT
+    assert all(f"failed login from {seen_as}:" in line for line in failures)
+    archive = open_archive(load_settings({"data_dir": data}), upgrade_schema=False)
+    try:
+        audited = archive.audit.entries(action="login-failed")
+    finally:
+        archive.close()
+    assert len(audited) == FAILED_LOGIN_LIMIT
+    assert all((entry.address or "").startswith(f"{seen_as}:") for entry in audited)
 
 
 def test_require_hands_the_route_the_authenticated_caller(archive: Archive) -> None:

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import multiprocessing
 
 import pytest
 
 from dicom_nodes.policy import AssociationLimiter, AssociationPolicy
 from pacs.config import ConfigError, load_settings, peer_role, split_peer
+from pacs.errors import ResourceUnavailable
 from pacs.security import (
     TOKEN_BYTES,
     FailedLogins,
@@ -79,6 +81,77 @@ def test_failed_logins_keep_bounded_memory_under_a_flood_of_addresses() -> None:
     for n in range(1000):
         limiter.failed(f"10.0.{n // 256}.{n % 256}")
     assert len(limiter._failures) <= 100
+
+
+class SharedCount:
+    """What the index does for :class:`FailedLogins` (``pacs.index.login_failures``), in memory:
+    the failures of every process, on a clock of its own. ``down``: the index cannot be reached."""
+
+    def __init__(self, clock: Clock) -> None:
+        self.clock = clock
+        self.failures: dict[str, list[float]] = {}
+        self.down = False
+
+    def record(self, address: str, window: float, limit: int) -> float:
+        if self.down:
+            raise ResourceUnavailable("index unavailable: connection refused")
+        now = self.clock()
+        recent = [t for t in self.failures.get(address, []) if t > now - window] + [now]
+        self.failures[address] = recent
+        return recent[-limit] + window - now if len(recent) >= limit else 0.0
+
+
+def test_failed_logins_of_other_processes_block_an_address_at_its_next_failure_here() -> None:
+    clock = Clock()
+    shared = SharedCount(clock)
+    here = FailedLogins(limit=3, window=60, clock=clock, shared=shared)
+    elsewhere = FailedLogins(limit=3, window=60, clock=clock, shared=shared)
+    elsewhere.failed("10.0.0.9")
+    clock.now += 1
+    elsewhere.failed("10.0.0.9")
+    clock.now += 1
+    assert here.retry_after("10.0.0.9") == 0  # asking costs nothing and knows nothing yet
+    here.failed("10.0.0.9")  # the third in the whole archive, the first here
+    assert here.retry_after("10.0.0.9") == 58  # until the first, in the other process, is 60 s old
+    clock.now += 58
+    assert here.retry_after("10.0.0.9") == 0
+
+
+def test_an_address_blocked_by_the_shared_count_stays_blocked_until_it_falls_below_the_limit() -> None:
+    clock = Clock()
+    shared = SharedCount(clock)
+    limiters = [FailedLogins(limit=2, window=60, clock=clock, shared=shared) for _ in range(3)]
+    for limiter in limiters:  # t = 1000, 1010, 1020: one more than the limit
+        limiter.failed("10.0.0.9")
+        clock.now += 10
+    # Each process knows what it saw: the second reached the limit at t=1010, free when t=1000 is
+    # 60 s old; the third saw three failures, which stay at the limit until t=1010 is 60 s old.
+    assert [limiter.retry_after("10.0.0.9") for limiter in limiters] == [0, 30, 40]
+
+
+def test_failed_logins_count_in_the_process_while_the_index_is_unavailable(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    clock = Clock()
+    shared = SharedCount(clock)
+    shared.down = True
+    limiter = FailedLogins(limit=3, window=60, clock=clock, shared=shared)
+    with caplog.at_level(logging.ERROR, logger="pacs.security"):
+        for _ in range(3):
+            limiter.failed("10.0.0.9")  # no exception: the caller still gets its 401
+    assert limiter.retry_after("10.0.0.9") == 60
+    assert len(caplog.records) == 3
+    assert "cannot record a failed login from 10.0.0.9 in the index" in caplog.records[0].getMessage()
+    assert "limited per process" in caplog.records[0].getMessage()
+
+
+def test_blocked_addresses_keep_bounded_memory_under_a_flood_of_addresses() -> None:
+    clock = Clock()
+    limiter = FailedLogins(limit=1, window=60, clock=clock, max_addresses=100, shared=SharedCount(clock))
+    for n in range(1000):
+        limiter.failed(f"10.0.{n // 256}.{n % 256}")
+    assert len(limiter._blocked) <= 100 and len(limiter._failures) <= 100
+    assert limiter.retry_after("10.0.3.231") == 60  # the latest are kept
 
 
 @pytest.mark.parametrize(
