@@ -342,6 +342,10 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
                 log_level=settings.log_level.lower(),
                 access_log=False,
                 timeout_graceful_shutdown=int(settings.shutdown_grace) or None,
+                # X-Forwarded-For / -Proto only from the configured proxies (uvicorn's default
+                # trusts 127.0.0.1, where any local process could claim another address).
+                proxy_headers=bool(settings.trusted_proxies),
+                forwarded_allow_ips=settings.trusted_proxies,
             )
         )
         http_thread = threading.Thread(target=http.run, kwargs={"sockets": [http_socket]}, name="http")

@@ -8,6 +8,7 @@ docs/configuration.md lists every setting.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import tomllib
 from pathlib import Path
@@ -115,6 +116,11 @@ class Settings(BaseSettings):
         default_factory=list,
         description="origins (scheme://host[:port]) whose web pages may call the HTTP API; empty = none",
     )
+    trusted_proxies: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="IP addresses or networks (CIDR) of HTTP proxies whose X-Forwarded-For and "
+        "X-Forwarded-Proto are believed; empty = those headers are ignored",
+    )
     nodes: list[NodeSetting] = Field(
         default_factory=list, description="DICOM nodes (C-MOVE destinations, peers) to register at start"
     )
@@ -148,7 +154,7 @@ class Settings(BaseSettings):
     def _valid_ae_title(cls, value: str) -> str:
         return validate_ae_title(value, "ae_title")
 
-    @field_validator("allowed_peers", "cors_allowed_origins", mode="before")
+    @field_validator("allowed_peers", "cors_allowed_origins", "trusted_proxies", mode="before")
     @classmethod
     def _split_peers(cls, value: Any) -> Any:
         if isinstance(value, str):
@@ -166,6 +172,20 @@ class Settings(BaseSettings):
             except ValueError as exc:
                 raise ValueError(f"allowed_peers: {peer!r}: {exc}") from None
         return peers
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _valid_proxies(cls, value: list[str]) -> list[str]:
+        """Each an IP address or a network in CIDR notation (uvicorn would silently take anything
+        else as a name that no client address ever matches)."""
+        proxies = []
+        for entry in (v.strip() for v in value):
+            try:
+                proxy = ipaddress.ip_network(entry) if "/" in entry else ipaddress.ip_address(entry)
+            except ValueError as exc:
+                raise ValueError(f"{entry!r} is not an IP address or network (CIDR): {exc}") from None
+            proxies.append(str(proxy))
+        return proxies
 
     @field_validator("log_level")
     @classmethod

@@ -50,7 +50,14 @@ def running_web(archive: Archive) -> Iterator[RunningWeb]:
 
     port = free_port()
     server = uvicorn.Server(
-        uvicorn.Config(create_app(archive), host="127.0.0.1", port=port, log_config=None, access_log=False)
+        uvicorn.Config(
+            create_app(archive),
+            host="127.0.0.1",
+            port=port,
+            log_config=None,
+            access_log=False,
+            proxy_headers=False,  # as `pacs serve` with no trusted_proxies
+        )
     )
     thread = threading.Thread(target=server.run, name="test-http", daemon=True)
     thread.start()

@@ -214,6 +214,38 @@ def test_cors_origins_from_a_variable_are_trimmed(monkeypatch: pytest.MonkeyPatc
     assert load_settings().cors_allowed_origins == ["https://a.example", "http://b.example:3000"]
 
 
+# -- trusted proxies ---------------------------------------------------------------------------
+def test_no_proxy_is_trusted_by_default() -> None:
+    assert load_settings().trusted_proxies == []
+
+
+def test_trusted_proxies_from_a_variable_and_a_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PACS_TRUSTED_PROXIES", " 10.0.1.5, 10.8.0.0/16 ;fd00::/8,::1")
+    assert load_settings().trusted_proxies == ["10.0.1.5", "10.8.0.0/16", "fd00::/8", "::1"]
+    monkeypatch.delenv("PACS_TRUSTED_PROXIES")
+    config = write_toml(tmp_path / "pacs.toml", 'trusted_proxies = ["192.0.2.7", "2001:DB8::/32"]\n')
+    assert load_settings(config_file=config).trusted_proxies == ["192.0.2.7", "2001:db8::/32"]
+
+
+@pytest.mark.parametrize(
+    ("entry", "why"),
+    [
+        ("proxy.lab.example", "does not appear to be an IPv4 or IPv6 address"),
+        ("10.0.1.5/16", "has host bits set"),  # uvicorn would take it as a name nothing matches
+        ("10.0.0.0/33", "does not appear to be an IPv4 or IPv6 network"),
+        ("*", "does not appear to be an IPv4 or IPv6 address"),
+    ],
+)
+def test_a_trusted_proxy_that_is_no_address_or_network_is_refused_naming_it(
+    entry: str, why: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PACS_TRUSTED_PROXIES", f"10.0.1.5,{entry}")
+    with pytest.raises(ConfigError, match="trusted_proxies") as caught:
+        load_settings()
+    message = str(caught.value)
+    assert f"{entry!r} is not an IP address or network (CIDR)" in message and why in message
+
+
 # -- DICOM TLS ---------------------------------------------------------------------------------
 # Settings check what the TLS settings need of each other; `pacs serve` reads the files at start
 # (dicom_nodes.tls.check) and refuses any it cannot use, naming the setting.
