@@ -30,7 +30,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from sqlalchemy import Connection, Engine, literal, select, update
+from sqlalchemy import Connection, Engine, select, update
 from sqlalchemy.exc import SQLAlchemyError
 
 from pacs.context import CallerContext
@@ -420,43 +420,78 @@ def _printable(event: AuditEvent) -> AuditEvent:
 
 def _with_parts(conn: Connection, events: Sequence[AuditEvent]) -> list[AuditEvent]:
     """Events whose part is not given get it (and their inspections) from the index: one event per
-    part their instances or inspections belong to."""
+    part their instances or inspections belong to. The instances and inspections of all the events
+    are looked up together (a batch of C-STORE entries costs a query or two, not one per entry)."""
+    looked_up = [e for e in events if not _listed_as_given(e)]
+    instances = _parts_of(conn, "instance", {u for e in looked_up for u in _first_listed(e.instances)})
+    studies = _parts_of(conn, "inspection", {u for e in looked_up if not e.instances for u in e.uids})
     out: list[AuditEvent] = []
     for event in events:
-        if not (event.instances or event.uids) or (
-            event.part_id is not None and (event.uids or not event.instances)
-        ):
+        if _listed_as_given(event):
             out.append(_listing(event, event.instances))
             continue
+        rows: list[tuple[str | None, str, str]]
         if event.instances:
-            rows = conn.execute(
-                select(instance.c.sop_instance_uid, inspection.c.study_instance_uid, component.c.part_id)
-                .select_from(instance.join(series).join(inspection).join(component))
-                .where(instance.c.sop_instance_uid.in_(list(event.instances)[:MAX_LISTED_INSTANCES]))
-            ).all()
+            rows = [(uid, *instances[uid]) for uid in _first_listed(event.instances) if uid in instances]
         else:
-            rows = conn.execute(
-                select(literal(None), inspection.c.study_instance_uid, component.c.part_id)
-                .select_from(inspection.join(component))
-                .where(inspection.c.study_instance_uid.in_(list(event.uids)))
-            ).all()
+            rows = [(None, *studies[uid]) for uid in dict.fromkeys(event.uids) if uid in studies]
         by_part: dict[str, tuple[set[str], list[str]]] = {}
         for uid, study, part in rows:
-            studies, uids = by_part.setdefault(part, (set(), []))
-            studies.add(study)
+            studies_of_part, uids = by_part.setdefault(part, (set(), []))
+            studies_of_part.add(study)
             if uid is not None:
                 uids.append(uid)
         if not by_part:  # nothing of it in the index (a failed store, a refused request)
             out.append(_listing(event, event.instances))
             continue
         if event.part_id is not None:  # the part is known: only its inspections are looked up
-            studies = {study for _, study, part in rows if part == event.part_id}
-            out.append(_listing(replace(event, uids=sorted(studies)), event.instances))
+            known = {study for _, study, part in rows if part == event.part_id}
+            out.append(_listing(replace(event, uids=sorted(known)), event.instances))
             continue
-        for part, (studies, uids) in sorted(by_part.items()):
-            split = AuditEvent(event.action, event.caller, event.outcome, part, sorted(studies), event.detail)
+        for part, (studies_of_part, uids) in sorted(by_part.items()):
+            split = AuditEvent(
+                event.action, event.caller, event.outcome, part, sorted(studies_of_part), event.detail
+            )
             out.append(_listing(split, uids if event.instances else ()))
     return out
+
+
+def _listed_as_given(event: AuditEvent) -> bool:
+    """Whether ``event`` is recorded as it is, without looking anything up."""
+    return not (event.instances or event.uids) or (
+        event.part_id is not None and (bool(event.uids) or not event.instances)
+    )
+
+
+def _first_listed(instances: Sequence[str]) -> list[str]:
+    """The instances of an event that are looked up (and listed), each once."""
+    return list(dict.fromkeys(instances[:MAX_LISTED_INSTANCES]))
+
+
+_LOOKUP_CHUNK = 500  # UIDs per IN list
+
+
+def _parts_of(conn: Connection, level: str, uids: set[str]) -> dict[str, tuple[str, str]]:
+    """For SOP Instance UIDs (``level`` "instance") or Study Instance UIDs ("inspection") in the
+    index: UID -> (Study Instance UID, part ID)."""
+    found: dict[str, tuple[str, str]] = {}
+    ordered = sorted(uids)
+    for i in range(0, len(ordered), _LOOKUP_CHUNK):
+        chunk = ordered[i : i + _LOOKUP_CHUNK]
+        if level == "instance":
+            query = (
+                select(instance.c.sop_instance_uid, inspection.c.study_instance_uid, component.c.part_id)
+                .select_from(instance.join(series).join(inspection).join(component))
+                .where(instance.c.sop_instance_uid.in_(chunk))
+            )
+        else:
+            query = (
+                select(inspection.c.study_instance_uid, inspection.c.study_instance_uid, component.c.part_id)
+                .select_from(inspection.join(component))
+                .where(inspection.c.study_instance_uid.in_(chunk))
+            )
+        found.update((uid, (study, part)) for uid, study, part in conn.execute(query))
+    return found
 
 
 def _listing(event: AuditEvent, instances: Sequence[str]) -> AuditEvent:

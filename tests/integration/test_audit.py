@@ -153,6 +153,39 @@ def test_queued_events_are_written_in_order_and_on_close(archive: Archive) -> No
     assert archive.audit.verify().ok
 
 
+def test_a_batch_of_queued_events_finds_the_parts_of_its_instances_and_inspections(
+    archive: Archive, tmp_path: Path
+) -> None:
+    """The writer looks up the parts of a whole batch together; each entry must still get its own."""
+    stored = {}
+    for n, part in enumerate(["BATCH-A", "BATCH-A", "BATCH-B"]):
+        ds = diconde_dx(part_id=part, rows=8, columns=8)
+        archive.ingest.ingest_file(write(ds, tmp_path / f"{n}.dcm"), CallerContext(via="import"))
+        stored[n] = (str(ds.SOPInstanceUID), str(ds.StudyInstanceUID))
+    (a1, study_a1), (a2, study_a2), (b1, study_b1) = stored.values()
+    unknown = "1.2.826.0.1.3680043.10.543.999"
+    events = [
+        AuditEvent(Action.STORE, DEVICE, instances=[a1]),
+        AuditEvent(Action.STORE, DEVICE, Outcome.REFUSED, instances=[unknown]),
+        AuditEvent(Action.RETRIEVE, INSPECTOR, instances=[b1, a2, a1, a1]),  # two parts: two entries
+        AuditEvent(Action.QUERY, INSPECTOR, uids=[study_b1]),
+        AuditEvent(Action.VIEW, INSPECTOR, part_id="BATCH-A", instances=[a2, b1]),  # the part is given
+    ]
+    for event in events:
+        archive.audit.record_later(event)
+    assert archive.audit.flush(10)
+    got = [(e.action, e.part_id, e.uids, e.detail.get("instances")) for e in archive.audit.entries()]
+    assert got == [
+        ("store", "BATCH-A", (study_a1,), [a1]),
+        ("store", None, (), [unknown]),
+        ("retrieve", "BATCH-A", tuple(sorted({study_a1, study_a2})), sorted([a1, a2])),
+        ("retrieve", "BATCH-B", (study_b1,), [b1]),
+        ("query", "BATCH-B", (study_b1,), None),
+        ("view", "BATCH-A", (study_a2,), sorted([a2, b1])),
+    ]
+    assert archive.audit.verify().ok
+
+
 def test_exports_as_json_lines_and_dicom_audit_messages(archive: Archive) -> None:
     fill(archive, 2)
     entries = archive.audit.entries()
