@@ -66,6 +66,12 @@ class ObjectWriter(Protocol):
 
     def write(self, data: bytes | bytearray | memoryview) -> int: ...
 
+    def finish(self) -> None:
+        """Every byte is written: the store may start making the object durable now, in the
+        background, while the caller checks it; :meth:`commit` still decides and waits. Optional
+        to call; nothing more may be written after it."""
+        ...
+
     def commit(self) -> None:
         """Make the object durable under ``key``; on return it survives a crash."""
         ...

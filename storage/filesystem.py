@@ -10,9 +10,11 @@ Durability, for both ways in:
   never overwritten) and fsyncs the folder holding the name.
 * :meth:`FilesystemStore.create` writes the object where it will stay: the file is created with
   ``O_EXCL`` under its final name and the folder is fsynced at once, while the data is still
-  arriving; writes ask the kernel to start writing back as they go (``sync_file_range``), so the
-  final ``fdatasync`` in :meth:`FileObjectWriter.commit` has little left to wait for. This is the
-  path of every C-STORE: the durability cost overlaps the network transfer instead of following it.
+  arriving; writes ask the kernel to start writing back as they go (``sync_file_range``), and
+  :meth:`FileObjectWriter.finish` starts the final ``fdatasync`` in the background as soon as the
+  last byte is in, while the archive checks the object; :meth:`FileObjectWriter.commit` waits for
+  it. This is the path of every C-STORE: the durability cost overlaps the network transfer and the
+  checks instead of following them.
 
 A crash leaves whole objects, and at worst a partial object under a key no index row names, which
 ``pacs fsck`` reports as unreferenced.
@@ -90,6 +92,9 @@ class FileObjectWriter:
         self._flushed = 0
         self._committed = False
         self._writeback = _sync_file_range()
+        self._background = background
+        self._finished = False
+        self._synced: Future[None] | None = None  # the fdatasync started by finish()
         # The name is made durable while the data arrives: on the background executor if there is
         # one (the writer's caller keeps receiving meanwhile), else now; commit() waits for it.
         self._named: Future[None] | None = None
@@ -104,7 +109,7 @@ class FileObjectWriter:
 
     def write(self, data: bytes | bytearray | memoryview) -> int:
         fd = self._fd  # abort() from another thread may close it; then os.write fails cleanly
-        if fd is None:
+        if fd is None or self._finished:
             raise StorageError(f"object {self.key!r} is closed for writing")
         view = memoryview(data)
         try:
@@ -119,11 +124,20 @@ class FileObjectWriter:
             self._flushed = self._written
         return len(data)
 
+    def finish(self) -> None:
+        """Start the ``fdatasync`` on the background executor (without one, commit() does it)."""
+        self._finished = True
+        if self._fd is not None and self._synced is None and self._background is not None:
+            self._synced = self._background.submit(os.fdatasync, self._fd)
+
     def commit(self) -> None:
         if self._fd is None:
             raise StorageError(f"object {self.key!r} was already committed or aborted")
         try:
-            os.fdatasync(self._fd)
+            if self._synced is not None:
+                self._synced.result()
+            else:
+                os.fdatasync(self._fd)
             if self._named is not None:
                 self._named.result()
         except OSError as exc:
@@ -136,6 +150,8 @@ class FileObjectWriter:
     def abort(self) -> None:
         if self._committed:
             return
+        if self._synced is not None:  # the descriptor stays open until its fdatasync is done
+            self._synced.exception()
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None

@@ -64,15 +64,20 @@ class S3ObjectWriter:
         self.path = Path(name)
         self._file: BinaryIO | None = os.fdopen(fd, "wb", buffering=0)
         self._committed = False
+        self._finished = False
 
     def write(self, data: bytes | bytearray | memoryview) -> int:
-        if self._file is None:
+        if self._file is None or self._finished:
             raise StorageError(f"object {self.key!r} is closed for writing")
         try:
             self._file.write(data)
         except OSError as exc:  # the spool's disk is full, say
             raise os_error(exc, f"spooling object {self.key!r} in {self.path.parent}") from exc
         return len(data)
+
+    def finish(self) -> None:
+        """Nothing to start early: the upload is the commit, and a rejected object is never sent."""
+        self._finished = True
 
     def commit(self) -> None:
         if self._file is None:

@@ -134,6 +134,11 @@ class Incoming:
             self._hashed = self._hashing.submit(self._hasher.update, chunk)
         return len(data)
 
+    def finish(self) -> None:
+        """Every byte is in: the store may start making the object durable (see ObjectWriter)."""
+        if self.error is None:
+            self._writer.finish()
+
     def digests(self) -> Digests | None:
         if self._hashed is not None:
             self._hashed.result()
@@ -193,6 +198,7 @@ class IngestService:
         try:
             if incoming.error is not None:
                 raise ResourceUnavailable(f"{name}: {incoming.error}")
+            incoming.finish()  # a filesystem store's fdatasync runs while the object is checked
             return self._ingest(
                 incoming.path, incoming.digests(), incoming.commit, ctx, expected, name, check_first=False
             )

@@ -131,6 +131,35 @@ def test_writer_commit_produces_the_object(store: ObjectStore, background: bool)
     assert read_all(store, key) == b"".join(chunks)
 
 
+@pytest.mark.parametrize("background", [False, True], ids=["inline", "background-executor"])
+def test_a_finished_writer_commits_or_aborts_and_takes_no_more_bytes(
+    store: ObjectStore, tmp_path: Path, background: bool
+) -> None:
+    """finish() may start making the object durable early (a filesystem store's fdatasync on the
+    background executor); the archive may still reject the object then, and commit() or abort()
+    must each work after it."""
+    executor = ThreadPoolExecutor(max_workers=1) if background else None
+    data = os.urandom(300_000)
+    kept = store.create(kept_key := new_key(), background=executor)
+    kept.write(data)
+    kept.finish()
+    with pytest.raises(storage.StorageError):
+        kept.write(b"more")
+    kept.commit()
+    rejected = store.create(rejected_key := new_key(), background=executor)
+    rejected.write(data)
+    rejected.finish()
+    rejected.abort()
+    if executor is not None:
+        executor.shutdown()
+
+    assert read_all(store, kept_key) == data
+    with pytest.raises(ObjectNotFound):
+        store.stat(rejected_key)
+    assert not rejected.path.exists()
+    assert stored_files(tmp_path / "staging") == []
+
+
 def test_writer_abort_leaves_no_object_and_no_local_file(store: ObjectStore, tmp_path: Path) -> None:
     key = new_key()
     writer = store.create(key)
