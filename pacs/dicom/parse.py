@@ -222,10 +222,11 @@ def _check_readable(header: Dataset, name: str) -> None:
     itself reads (this module, the ingest checks, the index columns): one it needs that cannot be
     read refuses the object; another is left out of the header, as the index's DICOM JSON leaves
     out what it cannot convert (the stored object keeps every byte)."""
-    for tag in _read_by_archive():
-        for ds in (header, getattr(header, "file_meta", None)):
-            if ds is None or tag not in ds:
-                continue
+    wanted = _read_by_archive()
+    for ds in (getattr(header, "file_meta", None), header):  # in tag order, as they were read
+        if ds is None:
+            continue
+        for tag in [tag for tag in ds.keys() if tag in wanted]:  # noqa: SIM118 (a copy: del below)
             try:
                 ds[tag]
             except Exception as exc:  # pydicom raises many types on bad values
@@ -254,9 +255,9 @@ _NEEDED = frozenset(
 
 
 @functools.cache
-def _read_by_archive() -> tuple[int, ...]:
+def _read_by_archive() -> frozenset[int]:
     indexed = {attribute.tag for level in indexed_attributes().values() for attribute in level}
-    return tuple(sorted(_NEEDED | indexed))
+    return frozenset(_NEEDED | indexed)
 
 
 def _read_file_meta(f: BinaryIO, meta_end: int, name: str) -> FileMetaDataset:
