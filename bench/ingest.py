@@ -205,6 +205,20 @@ def peak_rss_kib(pid: int) -> int:
     return total
 
 
+def cpu_seconds(pid: int) -> float:
+    """CPU time (user and system) a server and all its descendants have used so far, with their
+    threads that ended and their children that ended and were waited for."""
+    ticks = 0
+    for p in descendants(pid):
+        try:
+            with open(f"/proc/{p}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        ticks += sum(int(v) for v in fields[11:15])  # utime, stime, cutime, cstime
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
 # -- corpus ---------------------------------------------------------------------------------------
 def corpus(label: str, count: int) -> list[Path]:
     """``count`` distinct 16-bit DX instances of one part, cached under bench/results/corpus."""
@@ -593,6 +607,7 @@ def _http_ok(url: str) -> bool:
 class Measurement:
     seconds: float = 0.0
     rss_kib: int = 0
+    cpu_seconds: float = 0.0  # the server's, while the files were sent
     processes: str = ""
     error: str = ""
 
@@ -651,7 +666,9 @@ def measure(
     try:
         server = target.start(folder, associations)
         result.processes = server.processes
+        cpu_before = cpu_seconds(server.process.pid)
         result.seconds, codes = send(server, files, associations, procs)
+        result.cpu_seconds = cpu_seconds(server.process.pid) - cpu_before
         result.rss_kib = peak_rss_kib(server.process.pid)
         stored = target.stop_and_count(server)
         if any(codes):
@@ -712,6 +729,12 @@ class Cell:
         good = self.good
         return statistics.median(m.rss_kib for m in good) / 1024 if good else None
 
+    @property
+    def cpu_ms(self) -> float | None:
+        """The server's CPU time per instance, median over the successful runs."""
+        good = self.good
+        return statistics.median(m.cpu_seconds for m in good) * 1000 / len(self.files) if good else None
+
 
 @dataclass(frozen=True)
 class Goal:
@@ -766,8 +789,9 @@ class Report:
 
     def table(self) -> list[str]:
         lines = [
-            "| Target | Image | Assoc. | Server processes | Instances/s | MB/s | Peak RSS (MB) | Runs ok |",
-            "|---|---|---:|---|---:|---:|---:|---:|",
+            "| Target | Image | Assoc. | Server processes | Instances/s | MB/s | Server CPU (ms/instance) "
+            "| Peak RSS (MB) | Runs ok |",
+            "|---|---|---:|---|---:|---:|---:|---:|---:|",
         ]
         for size in self.sizes:
             for associations in self.associations:
@@ -776,7 +800,7 @@ class Report:
                     lines.append(
                         f"| {cell.target.title} | {size} | {associations} | {processes} | "
                         f"{_fmt(cell.rate, 1, cell.failed)} | {_fmt(cell.mb_per_s, 0, cell.failed)} | "
-                        f"{_fmt(cell.rss_mb, 0, cell.failed)} | "
+                        f"{_fmt(cell.cpu_ms, 1, cell.failed)} | {_fmt(cell.rss_mb, 0, cell.failed)} | "
                         f"{len(cell.good)}/{len(cell.runs)} |"
                     )
         return lines
@@ -981,7 +1005,10 @@ def render(report: Report, args: argparse.Namespace, counts: dict[str, int], met
         "the target order rotating from round to round. Figures are medians over the rounds. MB = 10^6 "
         "bytes of Part 10 files sent. Peak RSS: the sum of VmHWM of the server process and its children "
         "(supervisor plus workers for ours; PostgreSQL and SeaweedFS are not counted; storescp's forked "
-        "children have exited by then), read before stopping.",
+        "children have exited by then), read before stopping. Server CPU: user and system time of the "
+        "same processes (with their ended threads and waited-for children) from just before the first "
+        "storescu starts to the last one's exit, per instance: what the server's work costs the machine, "
+        "less sensitive than wall time to what else runs on it (PostgreSQL and SeaweedFS not counted).",
         "- The page cache is flushed (`sync`) between measurements, so one target's written-back data does "
         "not slow the next.",
         "",
@@ -1137,7 +1164,10 @@ def _progress(round_index: int, repeat: int, cell: Cell, run: Measurement) -> No
     if run.ok:
         rate = len(cell.files) / run.seconds
         mb = cell.bytes / 1e6 / run.seconds
-        status = f"{run.seconds:6.2f} s  {rate:7.1f} inst/s  {mb:6.0f} MB/s  RSS {run.rss_kib / 1024:5.0f} MB"
+        status = (
+            f"{run.seconds:6.2f} s  {rate:7.1f} inst/s  {mb:6.0f} MB/s  "
+            f"CPU {run.cpu_seconds * 1000 / len(cell.files):5.1f} ms/inst  RSS {run.rss_kib / 1024:5.0f} MB"
+        )
     else:
         status = f"FAILED: {run.error}"
     print(
