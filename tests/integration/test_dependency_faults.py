@@ -358,7 +358,26 @@ def test_a_store_cut_off_by_a_postgresql_shutdown_leaves_no_object(
                     " FOR EACH ROW EXECUTE FUNCTION slow()"
                 )
             )
-        shutdown = threading.Timer(0.3, pg_cluster.stop)
+
+        def stop_during_the_version_insert() -> None:
+            # Not after a fixed delay: on a loaded machine the steps before the insert (parse, the
+            # duplicate lookup, the copy and its fsync) can outlast any delay, and the shutdown would
+            # cut the lookup instead.
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                with archive.engine.connect() as conn:
+                    inserting = conn.execute(
+                        text(
+                            "SELECT count(*) FROM pg_stat_activity WHERE state = 'active'"
+                            " AND query LIKE 'INSERT INTO instance_version%'"
+                        )
+                    ).scalar_one()
+                if inserting:
+                    break
+                time.sleep(0.02)
+            pg_cluster.stop()
+
+        shutdown = threading.Thread(target=stop_during_the_version_insert)
         shutdown.start()
         with pytest.raises(ResourceUnavailable, match="terminating connection"):
             archive.ingest.ingest_file(write(new_instance("PG-CUT-1"), tmp_path / "a.dcm"), ctx)
