@@ -116,6 +116,21 @@ def populate(archive: Archive, folder: Path) -> tuple[dict[str, Ref], dict[str, 
     )
     pixels["bracket"] = phantom(3)
     ingest("bracket", with_pixels(bracket, pixels["bracket"]))
+    # A frame above the viewer's 4 MiB preview threshold (1000 x 2400 x 2 bytes), over twice the
+    # viewport's width (drawn at fit from a 2 x 2 reduction, made while it arrives), beside the bracket.
+    large = diconde_dx(
+        part_id="BRACKET-9",
+        component_name="Mounting^Bracket",
+        rows=1000,
+        columns=2400,
+        study_uid=bracket.StudyInstanceUID,
+        series_uid=bracket.SeriesInstanceUID,
+        StudyDate="20240701",
+        InstanceNumber="2",
+        seed=4,
+    )
+    pixels["large"] = large.pixel_array
+    ingest("large", large)
     ingest("ct", enhanced_ct(frames=8, rows=96, columns=96, StudyDate="20240801"))
     ingest("us", us_multiframe(frames=6, StudyDate="20240901"))
     return refs, pixels
@@ -279,6 +294,32 @@ def test_a_token_that_expires_during_the_session_sends_the_user_back_to_sign_in(
     page.get_by_test_id("token-input").fill(served.web.token("inspector") or "")
     page.get_by_test_id("sign-in").click()
     expect(page.get_by_test_id("result-row")).to_have_count(2)
+
+
+def test_an_image_address_opened_with_a_lapsed_token_goes_back_to_sign_in_and_then_to_the_image(
+    page: Page, served: Served
+) -> None:
+    # index.html asks for the image before the modules load: its 401 is handed over, not asked again.
+    past = dt.datetime.now(dt.UTC) - dt.timedelta(minutes=1)
+    token = served.web.archive.users.add("viewer-lapsed-image", "inspector", expires_at=past)
+    me = {"name": "viewer-lapsed-image", "role": "inspector", "permissions": ["query", "retrieve"]}
+    page.goto(f"{served.web.base_url}/viewer/")
+    page.evaluate(
+        "([t, u]) => { sessionStorage.setItem('ndt-viewer.token', t);"
+        " sessionStorage.setItem('ndt-viewer.user', u); }",
+        [token, json.dumps(me)],
+    )
+    answers: list[tuple[int, str]] = []
+    page.on("response", lambda response: answers.append((response.status, response.url)))
+    ref = served.refs["blade-2024"]
+    page.goto("about:blank")  # so that the address below loads the page (sessionStorage stays)
+    page.goto(f"{served.web.base_url}/viewer/#/view?a={ref.key}&part={ref.part}")
+    expect(page.get_by_test_id("signin-message")).to_contain_text("Your token expired")
+    refused = [url for status, url in answers if status == 401]
+    assert len(refused) <= 2, refused  # the metadata and the frame, each once
+    page.get_by_test_id("token-input").fill(served.web.token("inspector") or "")
+    page.get_by_test_id("sign-in").click()
+    expect(page.get_by_test_id("viewport-0")).to_have_attribute("data-state", "ready")
 
 
 def test_only_roles_with_the_audit_permission_see_the_evidence_button(
@@ -575,6 +616,63 @@ def test_a_missing_image_says_so_in_the_viewport(page: Page, served: Served) -> 
     sign_in(page, served, "inspector", "#/view?a=1.2.3/4.5.6/7.8.9")
     expect(page.get_by_test_id("viewport-0")).to_have_attribute("data-state", "error")
     expect(page.get_by_test_id("viewport-message-0")).to_contain_text("not in the archive")
+    # Opened by its address in a signed-in session: asked for before the modules load, the same answer.
+    page.reload()
+    expect(page.get_by_test_id("viewport-0")).to_have_attribute("data-state", "error")
+    expect(page.get_by_test_id("viewport-message-0")).to_contain_text("not in the archive")
+
+
+def test_an_image_opened_by_its_address_is_asked_for_once_before_the_modules_load(
+    page: Page, served: Served
+) -> None:
+    open_image(page, served, "blade-2024")
+    asked: list[str] = []
+    page.on("request", lambda request: asked.append(request.url))
+    page.reload()  # a signed-in session opening the address: index.html asks for the image at once
+    expect(page.get_by_test_id("viewport-0")).to_have_attribute("data-state", "ready")
+    page.wait_for_function("performance.getEntriesByName('viewer:first-image').length > 0")
+    frames = [url for url in asked if url.endswith("/frames/1")]
+    metadata = [url for url in asked if url.endswith("/metadata")]
+    assert len(frames) == 1 and len(metadata) == 1, asked
+    started = page.evaluate(
+        "url => ({frame: performance.getEntriesByName(url)[0].startTime,"
+        " load: performance.getEntriesByName('viewer:first-image')[0].detail.startedAt})",
+        frames[0],
+    )
+    assert started["frame"] < started["load"]
+    # The frame read on the way in is the stored one: the value under the cursor, and the window.
+    pixels = served.pixels["blade-2024"]
+    page.get_by_test_id("one-to-one").click()
+    page.mouse.move(*screen(page, 210.5, 220.5))
+    expect(page.get_by_test_id("status-stored")).to_have_text(f"stored {pixels[220, 210]}")
+    expect(page.get_by_test_id("wl-center")).to_have_value("30000")
+
+
+def test_a_large_frame_that_is_slow_to_come_shows_the_servers_rendering_first(
+    page: Page, served: Served
+) -> None:
+    open_image(page, served, "large")  # on loopback: the raw frame, without a preview
+    asked: list[str] = []
+    page.on("request", lambda request: asked.append(request.url))
+    cdp = page.context.new_cdp_session(page)
+    # 4.8 MB at 1.5 MB/s: three seconds for the raw frame, a preview is worth asking for.
+    cdp.send(
+        "Network.emulateNetworkConditions",
+        {"offline": False, "latency": 0, "downloadThroughput": 1_500_000, "uploadThroughput": -1},
+    )
+    page.reload()
+    expect(page.get_by_test_id("viewport-0")).to_have_attribute("data-state", "preview")
+    expect(page.get_by_test_id("viewport-frame-0")).to_have_text("loading the 16-bit data…")
+    assert [url for url in asked if "/rendered?viewport=" in url]
+    expect(page.get_by_test_id("viewport-0")).to_have_attribute("data-state", "ready", timeout=20_000)
+    expect(page.get_by_test_id("viewport-0")).to_have_attribute("data-level", "1")
+    # Reduced and windowed while it arrived: the same image as windowing the whole frame again.
+    drawn = canvas_pixels(page)
+    page.get_by_test_id("wl-width").dispatch_event("change")  # the same window, redrawn
+    assert canvas_pixels(page) == drawn
+    pixels = served.pixels["large"]
+    page.mouse.move(*screen(page, 1700.5, 800.5))
+    expect(page.get_by_test_id("status-stored")).to_have_text(f"stored {pixels[800, 1700]}")
 
 
 def test_keyboard_tools_and_zoom(page: Page, served: Served) -> None:

@@ -159,6 +159,25 @@ def test_downsampling_averages_stored_values_for_the_reduced_view(page: Page) ->
     assert r["signed"] == [-2, 3]
 
 
+def test_a_frame_reduced_while_it_arrives_equals_the_frame_reduced_at_once(page: Page) -> None:
+    # The viewer averages the rows of a large first frame as they come (rows 2 y0 .. 2 y1 for output
+    # rows y0 .. y1); pieces of any size give what one pass over the whole frame gives.
+    r = js(
+        page,
+        "const w = 37, h = 23; const out = [];"
+        " for (const image of [{bitsStored: 16, signed: false}, {bitsStored: 12, signed: true}]) {"
+        "  const px = new Uint16Array(w * h);"
+        "  for (let i = 0; i < px.length; i++) px[i] = (i * 7919) & 0xffff;"
+        "  const whole = im.downsample(px, w, h, image);"
+        "  const pieces = new Uint16Array(whole.pixels.length);"
+        "  for (const [y0, y1] of [[0, 1], [1, 4], [4, 4], [4, 11]])"
+        "   im.downsampleRows(px.subarray(0, 2 * y1 * w), w, image, pieces, y0, y1);"
+        "  out.push(whole.height === 11 && whole.pixels.every((v, i) => v === pieces[i])); }"
+        " return out;",
+    )
+    assert r == [True, True]
+
+
 # -- calibration, measurement, profile, ROI, SNR -----------------------------------------------------
 def test_calibration_from_pixel_spacing_imager_spacing_and_magnification_or_none(page: Page) -> None:
     r = js(
@@ -298,6 +317,50 @@ def test_multipart_frames_are_parsed_with_and_without_content_length(page: Page)
     assert r["boundary"] == "a b"
 
 
+def test_multipart_frames_read_as_they_arrive_in_chunks_of_any_size(page: Page) -> None:
+    first = np.arange(7, dtype="<u2").tobytes()  # 14 bytes after a head of odd length
+    second = np.arange(100, 103, dtype="<u2").tobytes()
+    third = b"\r\n--notit\r\n" + bytes(range(250, 256))  # bytes that look like a delimiter
+    body = (
+        b"preamble\r\n--b0\r\nContent-Type: application/octet-stream\r\nContent-Length: 14\r\n\r\n"
+        + first
+        + b"\r\n--b0\r\nContent-Length: 6\r\n\r\n"
+        + second
+        + b"\r\n--b0\r\nContent-Type: application/octet-stream\r\n\r\n"
+        + third
+        + b"\r\n--b0--\r\nepilogue"
+    )
+    r = js(
+        page,
+        "const all = new Uint8Array(arg.body); const out = [];"
+        " for (const size of [1, 2, 3, 5, 7, 64, all.length]) {"
+        "  const reader = new dc.MultipartReader('multipart/related; boundary=b0'); const expected = [];"
+        "  for (let at = 0; at < all.length; at += size) {"
+        "   reader.push(all.slice(at, at + size)); expected.push(reader.expected); }"
+        "  const parts = reader.finish();"
+        "  out.push({size, n: parts.length, type: parts[0].headers['content-type'],"
+        "   own: parts.every((p) => p.body.byteOffset === 0"
+        " && p.body.byteLength === p.body.buffer.byteLength),"
+        "   first: Array.from(dc.framePixels(parts[0].body, {rows: 1, columns: 7, samplesPerPixel: 1,"
+        " bitsAllocated: 16})), second: Array.from(new Uint16Array(parts[1].body.buffer)),"
+        "   third: Array.from(parts[2].body), expected: Math.max(...expected)}); }"
+        " const cut = new dc.MultipartReader('multipart/related; boundary=b0');"
+        " cut.push(all.slice(0, 60)); let error = '';"
+        " try { cut.finish(); } catch (e) { error = e.message; }"
+        " return {out, error};",
+        {"body": list(body)},
+    )
+    head_of_second = body.index(b"\r\n--b0\r\nContent-Length: 6")
+    for one in r["out"]:
+        assert one["n"] == 3 and one["type"] == "application/octet-stream", one["size"]
+        assert one["own"], one["size"]  # each body in its own buffer: aligned, transferable
+        assert one["first"] == list(range(7)) and one["second"] == [100, 101, 102], one["size"]
+        assert one["third"] == list(third), one["size"]
+        # known from each part's headers on: the bytes up to the end of the part with a length
+        assert one["expected"] == head_of_second + len(b"\r\n--b0\r\nContent-Length: 6\r\n\r\n") + 6
+    assert "cut short" in r["error"]
+
+
 def test_dates_names_and_values_of_dicom_json(page: Page) -> None:
     r = js(
         page,
@@ -368,3 +431,18 @@ def test_every_viewer_file_is_shipped_in_the_package() -> None:
     for module in Path(VIEWER / "js").rglob("*.js"):
         for imported in re.findall(r'from "(\.[^"]+)"', module.read_text(encoding="utf-8")):
             assert (module.parent / imported).resolve().is_file(), f"{module.name} imports {imported}"
+    # The modules index.html preloads (from its first script, after the first image's requests) are
+    # the ones main.js needs, directly or not: a module missing from the list would load late.
+    listed = re.search(r"for \(const name of \[([^\]]*)\]\)", html)
+    assert listed, "index.html preloads the modules"
+    preloaded = {(VIEWER / "js" / f"{name}.js").resolve() for name in re.findall(r'"([^"]+)"', listed[1])}
+    needed: set[Path] = set()
+    todo = [VIEWER / "js" / "main.js"]
+    while todo:
+        module = todo.pop()
+        for imported in re.findall(r'from "(\.[^"]+)"', module.read_text(encoding="utf-8")):
+            found = (module.parent / imported).resolve()
+            if found not in needed:
+                needed.add(found)
+                todo.append(found)
+    assert preloaded == needed

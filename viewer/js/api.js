@@ -2,7 +2,7 @@
 // each request with the session's bearer token. Failures become an ApiError whose `kind` the
 // views turn into something a user can act on.
 
-import { parseMultipart } from "./dicom.js";
+import { MultipartReader } from "./dicom.js";
 
 const TOKEN_KEY = "ndt-viewer.token";
 const USER_KEY = "ndt-viewer.user";
@@ -99,6 +99,9 @@ export async function request(url, opts = {}) {
   }
   if (!response.ok) {
     const error = await errorOf(response);
+    // Given up meanwhile (the view was left: another request of it ended the session, say): its
+    // body is gone, and the answer concerns nobody.
+    if (opts.signal && opts.signal.aborted) throw new DOMException("aborted", "AbortError");
     if (!opts.quiet && (error.kind === "invalid" || error.kind === "expired")) listeners.forEach((fn) => fn(error));
     throw error;
   }
@@ -161,11 +164,10 @@ export function instancePath(ref) {
   return `/studies/${ref.study}/series/${ref.series}/instances/${ref.instance}`;
 }
 
-export async function metadata(ref, opts) {
-  const { body } = await json(`${DICOMWEB}${instancePath(ref)}/metadata`, {
-    ...opts,
-    headers: { Accept: "application/dicom+json" },
-  });
+export async function metadata(ref, opts = {}) {
+  const url = `${DICOMWEB}${instancePath(ref)}/metadata`;
+  const asked = takeEarly(url, opts);
+  const body = (asked && (await asked)) || (await json(url, { ...opts, headers: { Accept: "application/dicom+json" } })).body;
   return body[0];
 }
 
@@ -192,7 +194,7 @@ function frameWorker() {
   return worker;
 }
 
-/** Start the frame worker (its module loads while the metadata is asked for). */
+/** Start the frame worker (its module loads while the first frame comes; later frames use it). */
 export function warmFrames() {
   frameWorker();
 }
@@ -225,18 +227,46 @@ function framesInWorker(url, signal) {
   });
 }
 
+/** Frames read on the page, as the worker reads them (the body streamed into one buffer a frame). */
+async function framesOnPage(url, opts) {
+  const response = await request(url, { signal: opts.signal, headers: { Accept: FRAME_ACCEPT } });
+  return readFrames(response, opts.progress);
+}
+
+async function readFrames(response, progress) {
+  const parts = new MultipartReader(response.headers.get("Content-Type") || "");
+  const reader = response.body.getReader();
+  for (;;) {
+    let chunk;
+    try {
+      chunk = await reader.read();
+    } catch (exc) {
+      if (exc && exc.name === "AbortError") throw exc;
+      throw new ApiError("server", `the frame could not be read: ${exc && exc.message ? exc.message : exc}`);
+    }
+    if (chunk.done) break;
+    parts.push(chunk.value);
+    if (progress) progress({ received: parts.received, expected: parts.expected, at: performance.now(), partial: parts.partial });
+  }
+  try {
+    return parts.finish().map((p) => p.body);
+  } catch (exc) {
+    throw new ApiError("server", exc.message);
+  }
+}
+
 /** Native pixels of frames (1-based numbers) in one request: [Uint8Array] in the order asked.
- * Fetched and parsed in a worker (the page stays responsive), on the page where workers fail. */
+ * Fetched and parsed in a worker (the page stays responsive while many frames come), or on the
+ * page when `opts.onPage`: a frame wanted at once (the worker takes longer to start, its module and
+ * dicom.js fetched first, than reading one frame costs the page), or when workers fail. On the
+ * page, `opts.progress({received, expected, at, partial})`, when given, is told how the body comes
+ * in: `expected`, bytes up to the end of the part being read (0 before its headers); `at`,
+ * performance.now(); `partial`, the bytes of that part in so far. */
 export async function frames(ref, numbers, opts = {}) {
   const url = `${DICOMWEB}${instancePath(ref)}/frames/${numbers.join(",")}`;
-  let bodies;
-  if (frameWorker()) {
-    bodies = await framesInWorker(url, opts.signal);
-  } else {
-    const response = await request(url, { ...opts, headers: { Accept: FRAME_ACCEPT } });
-    const bytes = new Uint8Array(await response.arrayBuffer());
-    bodies = parseMultipart(bytes, response.headers.get("Content-Type") || "").map((p) => p.body);
-  }
+  const asked = takeEarly(url, opts);
+  let bodies = asked && (await asked);
+  if (!bodies) bodies = !opts.onPage && frameWorker() ? await framesInWorker(url, opts.signal) : await framesOnPage(url, opts);
   if (bodies.length !== numbers.length) throw new ApiError("server", `asked for ${numbers.length} frames, got ${bodies.length}`);
   return bodies;
 }
@@ -245,4 +275,67 @@ export async function frames(ref, numbers, opts = {}) {
 export async function imageUrl(path, params = {}, opts) {
   const response = await request(`${DICOMWEB}${path}${query(params)}`, { ...opts, headers: { Accept: "image/jpeg, image/png" } });
   return URL.createObjectURL(await response.blob());
+}
+
+// -- the first image, asked for before the modules are loaded -------------------------------------
+
+const early = new Map(); // URL -> {answer: Promise, samples: [progress], listener, controller}
+const EARLY_KEPT_MS = 30000; // an answer nobody took is dropped after this
+
+/**
+ * The first image's metadata and first frame, asked for by index.html before any module was in
+ * (`sent`: {ref, metadata, frame}, each {response: Promise of a Response or null, controller}):
+ * index.html calls this as soon as this module is loaded, and the frame's body is read from then
+ * on, while the views' modules still load. `metadata` and `frames(ref, [1])` take these answers
+ * over, once: an error answer as the ApiError `request` would have thrown (a 401 ends the session
+ * then, when the views listen), a request the server did not answer is asked again.
+ */
+export function takeOver(sent) {
+  const keep = (url, entry) => {
+    entry.answer.catch(() => {});
+    early.set(url, entry);
+    setTimeout(() => {
+      if (early.get(url) !== entry) return;
+      early.delete(url);
+      entry.controller.abort();
+    }, EARLY_KEPT_MS);
+  };
+  const ok = async (response) => {
+    if (!response) throw new Error("no answer: to be asked again");
+    if (!response.ok) throw await errorOf(response);
+    return response;
+  };
+  const base = `${DICOMWEB}${instancePath(sent.ref)}`;
+  const meta = { controller: sent.metadata.controller, samples: [] };
+  meta.answer = sent.metadata.response.then(ok).then((r) => r.json());
+  keep(`${base}/metadata`, meta);
+  const frame = { controller: sent.frame.controller, samples: [], listener: null };
+  const progress = (p) => {
+    frame.samples.push(p);
+    if (frame.listener) frame.listener(p);
+  };
+  frame.answer = sent.frame.response.then(ok).then((r) => readFrames(r, progress));
+  keep(`${base}/frames/1`, frame);
+}
+
+/** The early answer for `url` (a Promise of it, or of null when it is to be asked again), or null
+ * when none was asked. */
+function takeEarly(url, opts) {
+  const entry = early.get(url);
+  if (!entry) return null;
+  early.delete(url);
+  if (opts.progress) {
+    entry.samples.forEach(opts.progress);
+    entry.listener = opts.progress;
+  }
+  if (opts.signal) {
+    if (opts.signal.aborted) entry.controller.abort();
+    else opts.signal.addEventListener("abort", () => entry.controller.abort(), { once: true });
+  }
+  return entry.answer.catch((error) => {
+    if (opts.signal && opts.signal.aborted) throw new DOMException("aborted", "AbortError");
+    if (!(error instanceof ApiError)) return null;
+    if (!opts.quiet && (error.kind === "invalid" || error.kind === "expired")) listeners.forEach((fn) => fn(error));
+    throw error;
+  });
 }

@@ -236,6 +236,122 @@ export function parseMultipart(bytes, contentType) {
   return parts;
 }
 
+function joined(a, b) {
+  if (!a.length) return b;
+  const out = new Uint8Array(a.length + b.length);
+  out.set(a);
+  out.set(b, a.length);
+  return out;
+}
+
+/**
+ * A multipart/related body read as it arrives (`push` each chunk of the response stream, then
+ * `finish`). A part that gives its Content-Length (the archive's frames do) is written straight
+ * into an ArrayBuffer of its own, at offset 0: no second copy of an 18 MB frame, no scan of it for
+ * the delimiter, a 16-bit view without realignment, and `expected` tells from the first chunk how
+ * many bytes are coming. Parts without a Content-Length are left to parseMultipart at the end.
+ */
+export class MultipartReader {
+  constructor(contentType) {
+    const boundary = boundaryOf(contentType);
+    if (!boundary) throw new Error(`not a multipart body: ${contentType}`);
+    this.contentType = contentType;
+    this.dash = Uint8Array.from(`--${boundary}`, (c) => c.charCodeAt(0));
+    this.parts = [];
+    this.pending = new Uint8Array(0); // bytes of a delimiter and part headers not complete yet
+    this.body = null; // the part being filled: {headers, bytes, filled}
+    this.rest = null; // from the first part without a Content-Length on: chunks for parseMultipart
+    this.closed = false;
+    this.received = 0;
+    this.expected = 0; // bytes of the parts whose length is known, with what came before them
+  }
+
+  push(chunk) {
+    this.received += chunk.length;
+    let data = chunk;
+    let pos = 0;
+    while (pos < data.length) {
+      if (this.rest) {
+        this.rest.push(data.subarray(pos));
+        return;
+      }
+      if (this.closed) return; // the epilogue
+      const body = this.body;
+      if (body) {
+        const n = Math.min(body.bytes.length - body.filled, data.length - pos);
+        body.bytes.set(data.subarray(pos, pos + n), body.filled);
+        body.filled += n;
+        pos += n;
+        if (body.filled === body.bytes.length) this.endPart();
+        continue;
+      }
+      data = joined(this.pending, data.subarray(pos));
+      pos = this.head(data);
+      this.pending = pos < 0 ? data : new Uint8Array(0);
+      if (pos < 0) return; // the headers are not all in yet
+    }
+  }
+
+  /** The bytes of the part being read that are in so far (its own buffer, from offset 0), or null. */
+  get partial() {
+    return this.body ? this.body.bytes.subarray(0, this.body.filled) : null;
+  }
+
+  endPart() {
+    this.parts.push({ headers: this.body.headers, body: this.body.bytes });
+    this.body = null;
+  }
+
+  /** Read a delimiter and the part headers at the start of `data`: the offset of the part's body,
+   * or -1 when more bytes are needed. */
+  head(data) {
+    const at = findBytes(data, this.dash, 0);
+    if (at === -1 || data.length < at + this.dash.length + 2) return -1;
+    const pos = at + this.dash.length;
+    if (data[pos] === 45 && data[pos + 1] === 45) {
+      this.closed = true; // "--boundary--"
+      return data.length;
+    }
+    let blank = -1; // the LF that ends the last header line (CRLF CRLF, or LF LF)
+    for (let i = pos; i < data.length - 1 && blank === -1; i++) {
+      if (data[i] === LF && (data[i + 1] === LF || (data[i + 1] === CR && data[i + 2] === LF))) blank = i;
+    }
+    if (blank === -1) return -1;
+    const bodyStart = blank + (data[blank + 1] === LF ? 2 : 3);
+    const headers = {};
+    for (const line of ascii(data, pos, blank).split(/\r?\n/).slice(1)) { // after the delimiter line
+      const colon = line.indexOf(":");
+      if (colon > 0) headers[line.slice(0, colon).trim().toLowerCase()] = line.slice(colon + 1).trim();
+    }
+    const declared = /^\d+$/.test(headers["content-length"] || "") ? Number(headers["content-length"]) : NaN;
+    if (!Number.isSafeInteger(declared)) {
+      this.rest = [data.subarray(at)];
+      return data.length;
+    }
+    this.body = { headers, bytes: new Uint8Array(declared), filled: 0 };
+    this.expected = this.received - (data.length - bodyStart) + declared;
+    if (declared === 0) this.endPart();
+    return bodyStart;
+  }
+
+  /** The parts, each body a Uint8Array over an ArrayBuffer of its own; throws when the body was cut short. */
+  finish() {
+    if (this.body) throw new Error("multipart body cut short (a part ends early)");
+    if (this.rest) {
+      const total = this.rest.reduce((n, c) => n + c.length, 0);
+      const bytes = new Uint8Array(total);
+      let at = 0;
+      for (const c of this.rest) {
+        bytes.set(c, at);
+        at += c.length;
+      }
+      this.rest = null;
+      for (const p of parseMultipart(bytes, this.contentType)) this.parts.push({ headers: p.headers, body: p.body.slice() });
+    } else if (!this.closed) throw new Error("multipart body cut short (no closing delimiter)");
+    return this.parts;
+  }
+}
+
 /**
  * A frame's native little-endian bytes as raw words: Uint16Array for 16 bits allocated, Uint8Array
  * for 8 (the words stay unsigned: imaging.js masks and sign-extends through its tables). A body

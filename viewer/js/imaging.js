@@ -124,16 +124,24 @@ export function applyLutRegion(pixels, width, lut32, out, x0, y0, x1, y1) {
  * of a 2 x 2 block (rounded, and encoded back as a raw word so the same tables apply). Used only to
  * draw a reduced view (zoom below 50 %); measurements and read-outs use the full-resolution frame.
  */
-export function downsample(pixels, width, height, { bitsStored, signed }) {
+export function downsample(pixels, width, height, image) {
   const w = width >> 1;
   const h = height >> 1;
   const out = new pixels.constructor(w * h);
+  downsampleRows(pixels, width, image, out, 0, h);
+  return { pixels: out, width: w, height: h };
+}
+
+/** Rows [y0, y1) of downsample's output into `out` (rows 2 y0 .. 2 y1 of `pixels` are all it reads:
+ * a frame can be reduced while it arrives). */
+export function downsampleRows(pixels, width, { bitsStored, signed }, out, y0, y1) {
+  const w = width >> 1;
   const bits = Math.min(bitsStored, 16);
   const mask = 2 ** bits - 1;
   const half = 2 ** (bits - 1);
   const full = 2 ** bits;
   const plain = !signed && bits >= 8 * pixels.BYTES_PER_ELEMENT; // raw word = stored value
-  for (let y = 0; y < h; y++) {
+  for (let y = y0; y < y1; y++) {
     const a = 2 * y * width;
     const b = a + width;
     const o = y * w;
@@ -142,17 +150,21 @@ export function downsample(pixels, width, height, { bitsStored, signed }) {
       if (plain) {
         out[o + x] = (pixels[a + i] + pixels[a + i + 1] + pixels[b + i] + pixels[b + i + 1] + 2) >> 2;
       } else {
-        let sum = 0;
-        for (const raw of [pixels[a + i], pixels[a + i + 1], pixels[b + i], pixels[b + i + 1]]) {
-          let v = raw & mask;
-          if (signed && v >= half) v -= full;
-          sum += v;
+        let v0 = pixels[a + i] & mask;
+        let v1 = pixels[a + i + 1] & mask;
+        let v2 = pixels[b + i] & mask;
+        let v3 = pixels[b + i + 1] & mask;
+        if (signed) {
+          if (v0 >= half) v0 -= full;
+          if (v1 >= half) v1 -= full;
+          if (v2 >= half) v2 -= full;
+          if (v3 >= half) v3 -= full;
         }
-        out[o + x] = Math.round(sum / 4) & mask;
+        out[o + x] = Math.round((v0 + v1 + v2 + v3) / 4) & mask;
       }
     }
   }
-  return { pixels: out, width: w, height: h };
+  return out;
 }
 
 /** Smallest and largest modality value of a frame (for a default window and the W/L drag scale). */

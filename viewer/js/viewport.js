@@ -9,6 +9,11 @@
 // transform and then the annotations. Read-outs, measurements, profiles and ROI statistics always
 // use the full-resolution frame.
 //
+// The first image: metadata and frame 1 are asked for together (by index.html when the page opens
+// on an image), the frame read on the page into one buffer as it arrives, its pyramid level made
+// from the rows already in, the window's table from the metadata; the server's rendering at the
+// viewport's size is asked for only when the frame's pace says it will take long.
+//
 // Events (CustomEvent on the Viewport): "transform" (zoom/pan by the user, for synchronised
 // viewports), "change" (window, frame, tool results), "cursor" (pixel under the pointer),
 // "activate" (the user interacts with this viewport).
@@ -20,7 +25,10 @@ import { h } from "./ui.js";
 
 const CACHE_BYTES = 512 * 2 ** 20; // frames kept per viewport
 const PREFETCH = 8; // frames asked ahead, in one request
-const PREVIEW_ABOVE_BYTES = 4 * 2 ** 20; // frames larger than this get the server's preview first
+const PREVIEW_ABOVE_BYTES = 4 * 2 ** 20; // frames larger than this may get the server's preview first,
+const PREVIEW_IF_DUE_AFTER_MS = 500; // when they would take longer than this to come
+const PACE_OVER_MS = 100; // how a frame's arrival time is estimated: from its pace over this long,
+const PACE_OVER_BYTES = 4 * 2 ** 20; // or over this many bytes
 let firstImageMarked = false;
 let firstPreviewMarked = false;
 
@@ -28,6 +36,16 @@ let firstPreviewMarked = false;
 export function unitOf(rescaleType) {
   const t = String(rescaleType || "").trim();
   return t && t !== "US" ? t : "";
+}
+
+/** An off-screen canvas of a pyramid level with its ImageData, which windowing writes word by word. */
+function newSurface(width, height) {
+  const canvas = document.createElement("canvas");
+  canvas.width = width;
+  canvas.height = height;
+  const ctx = canvas.getContext("2d", { alpha: false });
+  const imageData = ctx.createImageData(width, height);
+  return { canvas, ctx, imageData, out32: new Uint32Array(imageData.data.buffer) };
 }
 
 export const TOOLS = {
@@ -83,28 +101,58 @@ export class Viewport extends EventTarget {
     this.ref = ref;
     this.setState("loading", "Loading image…");
     const signal = this.controller.signal;
+    // The first frame is asked for at once, beside the metadata (its address needs only the
+    // reference; index.html may have asked for both before the modules loaded, see api.takeOver),
+    // and read on the page as it comes: the 18 MB of a 3000 x 3000 radiograph are the longest part
+    // of the first image, so nothing waits for them that need not.
+    const loading = new AbortController();
+    const stop = () => loading.abort();
+    signal.addEventListener("abort", stop, { once: true });
     try {
       const started = performance.now();
       this.timings = { startedAt: started };
-      api.warmFrames();
+      const arrival = (this.arrival = { samples: [] });
+      const progress = (p) => {
+        arrival.samples.push(p);
+        if (p.partial && this.info) this.reduceSoFar(p.partial);
+      };
+      this.reducing = null;
+      const frame = api.frames(ref, [1], { signal: loading.signal, onPage: true, progress });
+      frame.catch(() => {}); // a failure is reported below, once the metadata is in
       this.meta = await api.metadata(ref, { signal });
       this.timings.metadataMs = performance.now() - started;
       if (!this.meta) throw new api.ApiError("notfound", "Not found in the archive.");
       this.info = imageInfo(this.meta, 1);
       this.check(this.info);
       this.cal = im.calibration(this.info);
-      // A large frame (18 MB for a 3000 x 3000 radiograph) takes a while to travel: first the
-      // server's rendering of it at the viewport's size goes on screen (the pixels the client will
-      // draw at this zoom), then the raw frame replaces it for lossless windowing and the tools.
+      if (this.info.frames > 1) api.warmFrames();
       const { rows, columns, samplesPerPixel, bitsAllocated } = this.info;
-      if (this.usePreview && rows * columns * samplesPerPixel * (bitsAllocated / 8) > PREVIEW_ABOVE_BYTES) await this.preview(ref, signal, started);
-      const [body] = await api.frames(ref, [1], { signal });
+      if (this.usePreview && rows * columns * samplesPerPixel * (bitsAllocated / 8) > PREVIEW_ABOVE_BYTES) {
+        this.previewIfSlow(ref, loading.signal, started);
+      }
+      if (!this.rgb && this.info.windows[0]) {
+        this.window = { ...this.info.windows[0] };
+        this.table(); // made while the frame travels, for its first draw
+      }
+      const [body] = await frame;
+      loading.abort(); // a preview still on its way is not needed any more
       this.timings.frameMs = performance.now() - started;
       const pixels = framePixels(body, this.info);
       this.cache.set(1, pixels);
       this.setPixels(pixels);
       this.defaultWindow = this.info.windows[0] || im.fullRangeWindow(this.range);
       this.window = { ...this.defaultWindow };
+      const reduced = this.reducing;
+      if (reduced && reduced.source === body.buffer) {
+        im.downsampleRows(pixels, this.info.columns, this.info, reduced.pixels, reduced.rows, reduced.height);
+        this.windowSoFar(reduced.rows, reduced.height);
+        this.levels[1] = { pixels: reduced.pixels, width: reduced.width, height: reduced.height };
+        if (reduced.surface) {
+          this.surfaces[1] = reduced.surface;
+          this.windowed = { level: 1, key: reduced.key, x0: 0, y0: 0, x1: reduced.width, y1: reduced.height };
+        }
+      }
+      this.reducing = null;
       this.cornerTL.textContent = title;
       const drawing = performance.now();
       this.resize(false);
@@ -122,8 +170,85 @@ export class Viewport extends EventTarget {
       this.prefetch(2);
       this.emit("change");
     } catch (error) {
+      loading.abort();
       if (error.name === "AbortError") return;
       this.fail(error);
+    } finally {
+      signal.removeEventListener("abort", stop);
+    }
+  }
+
+  /** While the first frame arrives after its metadata: average the rows that are in into pyramid
+   * level 1 when the fitted view will be drawn from it (a frame over twice the viewport's size), and
+   * window them, so that the first draw is left with the last rows only (a 3000 x 3000 frame: 25 to
+   * 35 ms less). `partial`: the frame's bytes so far, at the start of the buffer the whole frame
+   * will have. */
+  reduceSoFar(partial) {
+    const { rows, columns, bitsAllocated, samplesPerPixel } = this.info;
+    if (!this.reducing) {
+      const fit = im.fitTransform(columns, rows, Math.max(1, this.root.clientWidth - 16), Math.max(1, this.root.clientHeight - 16));
+      const coarse = fit.scale * (window.devicePixelRatio || 1) <= 0.5 && rows >= 128 && columns >= 128;
+      if (!coarse || samplesPerPixel !== 1 || ![8, 16].includes(bitsAllocated) || partial.byteOffset % 2 !== 0) return;
+      const height = rows >> 1;
+      const width = columns >> 1;
+      const words = bitsAllocated === 16 ? Uint16Array : Uint8Array;
+      this.reducing = { source: partial.buffer, words, pixels: new words(width * height), width, height, rows: 0 };
+    }
+    const r = this.reducing;
+    if (r.source !== partial.buffer) return;
+    const pairs = Math.min(r.height, Math.floor(partial.byteLength / (2 * columns * r.words.BYTES_PER_ELEMENT)));
+    if (pairs <= r.rows) return;
+    const words = new r.words(partial.buffer, partial.byteOffset, pairs * 2 * columns);
+    im.downsampleRows(words, columns, this.info, r.pixels, r.rows, pairs);
+    this.windowSoFar(r.rows, pairs);
+    r.rows = pairs;
+  }
+
+  /** Rows [y0, y1) of the level being reduced, windowed into its surface when the window is known
+   * (the metadata's): the first draw then only scales the surface onto the canvas. */
+  windowSoFar(y0, y1) {
+    const r = this.reducing;
+    if (!this.window || r.surface === null || y1 <= y0) return;
+    const key = this.windowKey();
+    if (!r.surface) {
+      if (y0 > 0) return void (r.surface = null); // the window came late: windowed at the first draw
+      r.surface = newSurface(r.width, r.height);
+      r.key = key;
+    }
+    if (r.key !== key) return void (r.surface = null);
+    im.applyLutRegion(r.pixels, r.width, this.table(), r.surface.out32, 0, y0, r.width, y1);
+    r.surface.ctx.putImageData(r.surface.imageData, 0, 0, 0, y0, r.width, y1 - y0);
+  }
+
+  /** When will the raw frame be in? Milliseconds from now, from the pace of its body so far;
+   * Infinity until that pace means something (PACE_OVER_MS or PACE_OVER_BYTES of it: the first
+   * report is the part's headers, and the first chunks come slowly while both ends start). */
+  frameDueIn() {
+    const s = this.arrival.samples;
+    if (s.length < 2 || !s[0].expected) return Infinity;
+    const [first, last] = [s[0], s[s.length - 1]];
+    const ms = last.at - first.at;
+    const bytes = last.received - first.received;
+    if (ms < PACE_OVER_MS && bytes < PACE_OVER_BYTES) return Infinity;
+    return (last.expected - last.received) / (bytes / ms) - (performance.now() - last.at);
+  }
+
+  /** The server's rendering at the viewport's size goes on screen first only when the raw frame
+   * is more than PREVIEW_IF_DUE_AFTER_MS away (by the pace of its arrival, or because none of it
+   * came in that time): then it shows the image early while the 16-bit data travel. When the frame
+   * comes sooner (loopback, a fast network), a preview would only compete with it for the server
+   * and the CPU, and be replaced at once. */
+  async previewIfSlow(ref, signal, started) {
+    const since = performance.now();
+    while (!this.pixels && !signal.aborted && this.root.dataset.state === "loading") {
+      const due = this.frameDueIn();
+      const waited = performance.now() - since;
+      if (Number.isFinite(due) ? due > PREVIEW_IF_DUE_AFTER_MS : waited > PREVIEW_IF_DUE_AFTER_MS) {
+        this.timings.previewAskedMs = performance.now() - started;
+        return this.preview(ref, signal, started);
+      }
+      if (due < PREVIEW_IF_DUE_AFTER_MS / 2) return; // nearly in: no preview
+      await new Promise((resolve) => setTimeout(resolve, 20));
     }
   }
 
@@ -269,8 +394,6 @@ export class Viewport extends EventTarget {
     this.surfaces = [];
     this.windowed = null;
     this._range = null;
-    clearTimeout(this.building);
-    this.building = null;
   }
 
   /** Smallest and largest modality value of the frame, computed when first needed. */
@@ -280,37 +403,27 @@ export class Viewport extends EventTarget {
   }
 
   /** The pyramid level to draw at a zoom: the coarsest whose pixels are still no larger than the
-   * screen's (level L has 2^-L of the resolution). A level not made yet is made after this draw
-   * (a pass over the frame that should not delay the first image); until then a finer one is used. */
+   * screen's (level L has 2^-L of the resolution), made when first needed. Averaging 2 x 2 blocks
+   * of the finer level costs less than windowing and painting four times the pixels (a 3000 x 3000
+   * frame at fit: about 20 ms against 60), so even the first image is drawn from it. */
   levelFor(scale) {
     if (this.rgb) return 0;
     const wanted = Math.max(0, Math.floor(Math.log2(1 / (scale * (this.dpr || 1)))));
     let level = 0;
-    while (level < wanted && this.levels[level + 1]) level++;
-    const finest = this.levels[level];
-    if (level < wanted && finest.width >= 128 && finest.height >= 128 && !this.building) {
-      const pixels = this.pixels;
-      this.building = setTimeout(() => {
-        this.building = null;
-        if (this.pixels !== pixels || this.levels[level + 1]) return;
-        const down = im.downsample(finest.pixels, finest.width, finest.height, this.info);
+    while (level < wanted) {
+      const finer = this.levels[level];
+      if (!this.levels[level + 1]) {
+        if (finer.width < 128 || finer.height < 128) break;
+        const down = im.downsample(finer.pixels, finer.width, finer.height, this.info);
         this.levels[level + 1] = { pixels: down.pixels, width: down.width, height: down.height };
-        this.levelFor(this.t.scale); // and the next one, if this zoom wants it
-      }, 50);
+      }
+      level++;
     }
     return level;
   }
 
   surface(level) {
-    if (!this.surfaces[level]) {
-      const { width, height } = this.levels[level];
-      const canvas = document.createElement("canvas");
-      canvas.width = width;
-      canvas.height = height;
-      const ctx = canvas.getContext("2d", { alpha: false });
-      const imageData = ctx.createImageData(width, height);
-      this.surfaces[level] = { canvas, ctx, imageData, out32: new Uint32Array(imageData.data.buffer) };
-    }
+    if (!this.surfaces[level]) this.surfaces[level] = newSurface(this.levels[level].width, this.levels[level].height);
     return this.surfaces[level];
   }
 
@@ -328,6 +441,16 @@ export class Viewport extends EventTarget {
 
   windowKey() {
     return `${this.window.center}|${this.window.width}|${this.window.fn}|${this.invert}`;
+  }
+
+  /** The RGBA table of the current window, inversion and pixel module (made when they change). */
+  table() {
+    const key = this.windowKey();
+    if (!this.lut || this.lut.key !== key) {
+      const mono1 = this.info.photometric === "MONOCHROME1";
+      this.lut = { key, table: im.rgbaLut(im.buildLut(this.info, this.window, this.invert !== mono1)) };
+    }
+    return this.lut.table;
   }
 
   /** Window the part of `level` in view (and a margin of half its size) into its surface. */
@@ -351,12 +474,7 @@ export class Viewport extends EventTarget {
       r.x1 = width;
       r.y1 = height;
     } else {
-      const key = this.windowKey();
-      if (!this.lut || this.lut.key !== key) {
-        const mono1 = this.info.photometric === "MONOCHROME1";
-        this.lut = { key, table: im.rgbaLut(im.buildLut(this.info, this.window, this.invert !== mono1)) };
-      }
-      im.applyLutRegion(pixels, width, this.lut.table, surface.out32, r.x0, r.y0, r.x1, r.y1);
+      im.applyLutRegion(pixels, width, this.table(), surface.out32, r.x0, r.y0, r.x1, r.y1);
     }
     surface.ctx.putImageData(surface.imageData, 0, 0, r.x0, r.y0, r.x1 - r.x0, r.y1 - r.y0);
     this.windowed = { level, key: this.windowKey(), ...r };
