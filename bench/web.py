@@ -725,7 +725,7 @@ def versions(servers: list[Server], plugin: str | None) -> list[str]:
 
     import pacs
 
-    found = [f"pacs {pacs.__version__}{_commit()}", f"Python {platform.python_version()}"]
+    found = [f"pacs {pacs.__version__}{_commit()}", f"Python {platform.python_version()}", _http_stack()]
     for server in servers:
         if server.name == "orthanc":
             root = server.base.rsplit("/dicom-web", 1)[0]
@@ -738,6 +738,26 @@ def versions(servers: list[Server], plugin: str | None) -> list[str]:
     curl_version = subprocess.run([CURL, "--version"], capture_output=True, text=True, check=False).stdout
     found.append(" ".join(curl_version.split()[:2]))
     return found
+
+
+def _http_stack() -> str:
+    """uvicorn and what it runs on: uvloop and httptools when installed (its "auto" choice), else
+    asyncio and h11."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    def found(name: str) -> str | None:
+        try:
+            return version(name)
+        except PackageNotFoundError:
+            return None
+
+    loop, parser = found("uvloop"), found("httptools")
+    return (
+        f"uvicorn {found('uvicorn')} on "
+        + (f"uvloop {loop}" if loop else "asyncio")
+        + " and "
+        + (f"httptools {parser}" if parser else f"h11 {found('h11')}")
+    )
 
 
 def _commit() -> str:

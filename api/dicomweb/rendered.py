@@ -23,7 +23,7 @@ from fastapi import APIRouter, Depends, Header, HTTPException, Query
 from fastapi.responses import Response
 
 from api.auth import require
-from api.deps import archive_of
+from api.deps import archive_dependency
 from pacs.archive import Archive
 from pacs.context import CallerContext
 from pacs.dicom import render
@@ -38,7 +38,7 @@ THUMBNAIL_SIZE = 128
 _REPRESENTATIVE_CANDIDATES = 50  # instances tried for a series/study thumbnail before giving up
 
 Caller = Annotated[CallerContext, Depends(require(Permission.RETRIEVE))]
-ArchiveDep = Annotated[Archive, Depends(archive_of)]
+ArchiveDep = Annotated[Archive, Depends(archive_dependency)]
 WindowParam = Annotated[
     str | None,
     Query(description="center,width[,function]; function linear (default), linear-exact or sigmoid"),

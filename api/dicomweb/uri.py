@@ -17,7 +17,8 @@ from fastapi import APIRouter, Depends, HTTPException, Query
 from fastapi.responses import Response, StreamingResponse
 
 from api.auth import require
-from api.deps import archive_of
+from api.deps import archive_dependency
+from api.dicomweb.streaming import prefetched
 from api.dicomweb.wado import DICOM, check_uids, http_error
 from pacs.archive import Archive
 from pacs.context import CallerContext
@@ -30,7 +31,7 @@ from pacs.services.wado import EXPLICIT_LE, FrameForm, WadoService
 router = APIRouter()
 
 Caller = Annotated[CallerContext, Depends(require(Permission.RETRIEVE))]
-ArchiveDep = Annotated[Archive, Depends(archive_of)]
+ArchiveDep = Annotated[Archive, Depends(archive_dependency)]
 _OPTIONAL = Annotated[str | None, Query()]
 
 
@@ -115,7 +116,7 @@ def _object(wado: WadoService, item: RetrieveItem, syntax: str) -> Response:
     if target == item.transfer_syntax_uid:
         opened = wado.open(item.version)
         return StreamingResponse(
-            wado.stored_chunks(item.version, opened),
+            prefetched(wado.stored_chunks(item.version, opened)),
             media_type=content_type,
             headers={"Content-Length": str(item.version.size), "Content-Disposition": _disposition(item)},
         )

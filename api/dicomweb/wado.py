@@ -14,16 +14,17 @@ Errors: :class:`~pacs.errors.NotFound` 404, :class:`~pacs.errors.InvalidQuery` 4
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Iterator
+from collections.abc import AsyncIterator, Iterable, Iterator
 from typing import Annotated, Any, NoReturn
 
 from fastapi import APIRouter, Depends, HTTPException, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from api.auth import require
-from api.deps import archive_of
+from api.deps import archive_dependency
 from api.dicomweb import multipart
 from api.dicomweb.multipart import MediaRange, Part
+from api.dicomweb.streaming import prefetched
 from pacs.archive import Archive
 from pacs.context import CallerContext
 from pacs.dicom.transcode import TranscodeError
@@ -44,7 +45,7 @@ log = logging.getLogger(__name__)
 router = APIRouter()
 
 Caller = Annotated[CallerContext, Depends(require(Permission.RETRIEVE))]
-ArchiveDep = Annotated[Archive, Depends(archive_of)]
+ArchiveDep = Annotated[Archive, Depends(archive_dependency)]
 
 DICOM = "application/dicom"
 DICOM_JSON = "application/dicom+json"
@@ -134,7 +135,7 @@ def _retrieve(
     if single:
         part = parts[0]
         headers = {"Content-Length": str(part.length)} if part.length is not None else {}
-        return StreamingResponse(_guarded(part.body), media_type=part.content_type, headers=headers)
+        return StreamingResponse(_body(part.body), media_type=part.content_type, headers=headers)
     return _multipart_response(parts, DICOM)
 
 
@@ -152,6 +153,12 @@ def multipart_chunk() -> int:
     return 1 << 20
 
 
+def _body(chunks: Iterable[bytes]) -> AsyncIterator[bytes]:
+    """A response body of ``chunks`` read from the store: one chunk read ahead on a reader thread
+    while the previous one is sent (:mod:`api.dicomweb.streaming`)."""
+    return prefetched(_guarded(chunks))
+
+
 def _guarded(chunks: Iterable[bytes]) -> Iterator[bytes]:
     """Chunks of a response already started: an error now can only cut the body short (the
     client sees a short Content-Length or an unterminated multipart), and is logged."""
@@ -167,7 +174,7 @@ def _multipart_response(parts: list[Part], part_type: str) -> StreamingResponse:
     total = multipart.length(boundary, parts)
     headers = {"Content-Length": str(total)} if total is not None else {}
     return StreamingResponse(
-        _guarded(multipart.stream(boundary, parts)),
+        _body(multipart.stream(boundary, parts)),
         media_type=multipart.content_type(boundary, part_type),
         headers=headers,
     )
@@ -335,7 +342,7 @@ def retrieve_frames(
     def body() -> Iterator[bytes]:
         yield from multipart.stream(boundary, _chain(parts, _lazy_frames(wado, frames, numbers[1:], form)))
 
-    return StreamingResponse(_guarded(body()), media_type=multipart.content_type(boundary, form.media_type))
+    return StreamingResponse(_body(body()), media_type=multipart.content_type(boundary, form.media_type))
 
 
 def _chain(first: list[Part], rest: Iterator[Part]) -> Iterator[Part]:
@@ -390,7 +397,7 @@ def retrieve_bulkdata(
                     boundary, _chain([first], _lazy_frames(wado, frames, numbers[1:], form))
                 )
                 return StreamingResponse(
-                    _guarded(stream), media_type=multipart.content_type(boundary, form.media_type)
+                    _body(stream), media_type=multipart.content_type(boundary, form.media_type)
                 )
             form = FrameForm(OCTET_STREAM, EXPLICIT_LE, False)
             first_frame = wado.frame(frames, 1, form)
@@ -401,7 +408,7 @@ def retrieve_bulkdata(
             content_type = f"{OCTET_STREAM}; transfer-syntax={EXPLICIT_LE}"
             if single:
                 return StreamingResponse(
-                    _guarded(chunks), media_type=content_type, headers={"Content-Length": str(size)}
+                    _body(chunks), media_type=content_type, headers={"Content-Length": str(size)}
                 )
             return _multipart_response([Part(content_type, chunks, length=size)], OCTET_STREAM)
         _, value = wado.bulk_element(item.version, segments)

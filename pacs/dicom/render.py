@@ -10,7 +10,15 @@ Colour frames (RGB, YBR, after decoding) are passed through, reduced to 8 bits p
 Speed: integer frames of up to 16 bits allocated are rendered with one table lookup per pixel. The
 whole chain (bit masking, sign extension, rescale, VOI, inversion) is evaluated once for every
 possible stored bit pattern (65,536 at most) into a ``uint8`` table, so an 18 MB frame costs one
-``numpy.take``, not a float pipeline over millions of pixels.
+``numpy.take``, not a float pipeline over millions of pixels. The lookup runs over blocks of rows
+(numpy widens the indices of each call to 64 bits: a block's stay in the cache, a whole frame's
+would be 72 MB written and read back), on the module's threads for a large frame.
+
+A large grey JPEG is encoded in horizontal strips on those threads, joined into one baseline JPEG
+by restart markers (:func:`encode_jpeg`): the result is byte for byte the one libjpeg writes for
+the whole image with a restart marker after every MCU row, and decodes to the same pixels as one
+without. Every JPEG is encoded into a file descriptor, the one way Pillow's encoder lets go of the
+GIL while it works (into a ``BytesIO`` it holds the GIL: the server's event loop would stall).
 """
 
 from __future__ import annotations
@@ -20,6 +28,7 @@ import io
 import math
 import os
 import struct
+import tempfile
 import zlib
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -559,7 +568,41 @@ def _render_by_table(
     table = _apply_voi(modality_values, voi)
     if invert:
         table = 255 - table
-    return np.take(table, unsigned)
+    return apply_table(table, unsigned)
+
+
+_LOOKUP_BLOCK = 1 << 15  # pixels looked up per numpy call: their 64-bit indices fit in a core's cache
+_PARALLEL_PIXELS = 1 << 20  # frames from this size up are looked up and JPEG-encoded on several threads
+
+
+def apply_table(table: np.ndarray, indices: np.ndarray) -> np.ndarray:
+    """``table[indices]`` for a (rows, columns) integer array, by blocks of rows (see the module's
+    notes); a large frame on the module's threads (numpy lets go of the GIL in the lookup)."""
+    out = np.empty(indices.shape, dtype=table.dtype)
+    rows = indices.shape[0]
+    step = max(1, _LOOKUP_BLOCK // max(1, indices[0].size if rows else 1))
+
+    def look_up(bounds: tuple[int, int]) -> None:
+        for start in range(bounds[0], bounds[1], step):
+            stop = min(start + step, bounds[1])
+            np.take(table, indices[start:stop], out=out[start:stop], mode="clip")
+
+    parts = _row_parts(rows, indices.size)
+    if len(parts) == 1:
+        look_up(parts[0])
+    else:
+        for _ in _pool().map(look_up, parts):
+            pass
+    return out
+
+
+def _row_parts(rows: int, pixels: int, multiple: int = 1) -> list[tuple[int, int]]:
+    """``rows`` split into a few parts for the module's threads (one part for a small image), each
+    a multiple of ``multiple`` rows but the last."""
+    count = 1 if pixels < _PARALLEL_PIXELS else min(2 * _workers(), max(1, rows // 256))
+    step = max(1, -(-rows // count))
+    step = -(-step // multiple) * multiple
+    return [(start, min(start + step, rows)) for start in range(0, rows, step)] or [(0, 0)]
 
 
 def _stored_range(unsigned: np.ndarray, values: np.ndarray, plain: bool) -> tuple[int, int]:
@@ -577,16 +620,98 @@ def encode_image(
     """8-bit grey (rows, columns) or RGB (rows, columns, 3) to JPEG or PNG, fitted to ``viewport``."""
     if viewport is not None and viewport.region is not None:
         image = _crop(image, viewport.region)
-    picture = Image.fromarray(np.ascontiguousarray(image), "L" if image.ndim == 2 else "RGB")
     if viewport is not None:
-        size = _fit(picture.size, viewport)
-        if size != picture.size:
-            picture = picture.resize(size, Image.Resampling.BILINEAR, reducing_gap=2.0)
+        rows, columns = image.shape[:2]
+        size = _fit((columns, rows), viewport)
+        if size != (columns, rows):
+            picture = Image.fromarray(np.ascontiguousarray(image), "L" if image.ndim == 2 else "RGB")
+            image = np.asarray(picture.resize(size, Image.Resampling.BILINEAR, reducing_gap=2.0))
     if media_type == PNG:
-        return encode_png(np.asarray(picture))
-    buffer = io.BytesIO()
-    picture.save(buffer, format="JPEG", quality=quality)
-    return buffer.getvalue()
+        return encode_png(image)
+    return encode_jpeg(image, quality)
+
+
+def encode_jpeg(image: np.ndarray, quality: int = 90) -> bytes:
+    """A baseline JPEG of 8-bit grey (rows, columns) or RGB (rows, columns, 3) pixels, as Pillow
+    (libjpeg-turbo) writes it at ``quality``.
+
+    A large grey image is cut into strips of whole multiples of 8 MCU rows, each encoded on a thread
+    with a restart marker after every MCU row; the strips' scans are joined under the first strip's
+    headers (its frame height patched to the whole image's), with the restart marker RST7 between
+    two strips, where the whole image's scan has it: the restart numbers run 0..7 within each 8 MCU
+    rows, and each strip starts at a multiple of 8. A restart resets the DC predictions, so each
+    strip's scan is what the whole image's would hold there. Other images: one encoding.
+    """
+    image = np.ascontiguousarray(image)
+    rows, columns = image.shape[:2]
+    parts = _row_parts(rows, rows * columns, multiple=8 * _JPEG_MCU)
+    if image.ndim != 2 or len(parts) == 1 or -(-columns // _JPEG_MCU) > 0xFFFF:
+        return _jpeg(image, quality)
+    strips = list(_pool().map(lambda b: _jpeg(image[b[0] : b[1]], quality, True), parts))
+    joined = _join_strips(strips, rows)
+    return joined if joined is not None else _jpeg(image, quality)
+
+
+_JPEG_MCU = 8  # rows of a grey JPEG's MCU (one 8x8 block)
+
+
+def _jpeg(image: np.ndarray, quality: int, restart_every_row: bool = False) -> bytes:
+    """Pillow's JPEG of contiguous ``image`` rows (read in place, not copied), encoded into a file
+    descriptor: Pillow's encoder lets go of the GIL only when it writes to a file (into a
+    ``BytesIO`` it holds the GIL throughout)."""
+    options: dict[str, Any] = {"restart_marker_rows": 1} if restart_every_row else {}
+    picture = Image.fromarray(image, "L" if image.ndim == 2 else "RGB")
+    with _scratch_file() as f:
+        picture.save(f, format="JPEG", quality=quality, **options)
+        f.seek(0)
+        return f.read()
+
+
+def _scratch_file() -> io.BufferedRandom:
+    """An anonymous file in memory (memfd), else a temporary file."""
+    if hasattr(os, "memfd_create"):
+        return open(os.memfd_create("pacs-jpeg", os.MFD_CLOEXEC), "w+b")  # noqa: SIM115
+    return tempfile.TemporaryFile()  # noqa: SIM115
+
+
+def _jpeg_parts(data: bytes) -> tuple[bytes, int, bytes] | None:
+    """(headers up to the end of the SOS segment, offset of the frame height within them, the
+    entropy-coded scan without EOI) of a single-scan baseline JPEG; None if it is not one."""
+    at = 2
+    height_at = None
+    while at + 4 <= len(data) and data[at] == 0xFF:
+        marker, length = data[at + 1], struct.unpack_from(">H", data, at + 2)[0]
+        if marker in (0xC0, 0xC1):  # SOF0 / SOF1: P, Y, X, ...
+            height_at = at + 5
+        elif marker == 0xDA:  # SOS: the scan follows the segment
+            end = at + 2 + length
+            if height_at is None or not data.endswith(b"\xff\xd9"):
+                return None
+            return data[:end], height_at, data[end:-2]
+        elif marker in (0xC2, 0xC3) or 0xC5 <= marker <= 0xCF:  # progressive, lossless, ...
+            return None
+        at += 2 + length
+    return None
+
+
+def _join_strips(strips: list[bytes], rows: int) -> bytes | None:
+    """The strips' scans under the first strip's headers (see :func:`encode_jpeg`); None when the
+    strips' headers differ in anything but the frame height."""
+    pieces = [_jpeg_parts(strip) for strip in strips]
+    if any(p is None for p in pieces):
+        return None
+    parsed = [p for p in pieces if p is not None]
+    heads = set()
+    for head, height_at, _ in parsed:
+        heads.add(head[:height_at] + head[height_at + 2 :])
+    if len(heads) != 1:
+        return None
+    head, height_at, scan = parsed[0]
+    out = [head[:height_at], struct.pack(">H", rows), head[height_at + 2 :], scan]
+    for _, _, more in parsed[1:]:
+        out += [b"\xff\xd7", more]  # RST7: the restart after the previous strip's last MCU row
+    out.append(b"\xff\xd9")
+    return b"".join(out)
 
 
 def encode_png(image: np.ndarray) -> bytes:
@@ -623,12 +748,16 @@ _PNG_SLICE = 2 << 20  # bytes of filtered rows per deflate slice
 _threads: ThreadPoolExecutor | None = None
 
 
+def _workers() -> int:
+    return max(2, min(os.cpu_count() or 2, 8))
+
+
 def _pool() -> ThreadPoolExecutor:
+    """The module's threads: PNG deflate slices, lookups and JPEG strips of large frames (each task
+    runs in numpy, zlib or libjpeg with the GIL released)."""
     global _threads
     if _threads is None:
-        _threads = ThreadPoolExecutor(
-            max_workers=max(2, min(os.cpu_count() or 2, 8)), thread_name_prefix="png"
-        )
+        _threads = ThreadPoolExecutor(max_workers=_workers(), thread_name_prefix="render")
     return _threads
 
 
@@ -703,8 +832,10 @@ __all__: Sequence[str] = (
     "PixelModule",
     "Viewport",
     "Window",
+    "apply_table",
     "decode_frame",
     "encode_image",
+    "encode_jpeg",
     "parse_quality",
     "parse_viewport",
     "parse_window",
