@@ -56,7 +56,9 @@ class SpoolFile:
 
     def write(self, data: bytes | bytearray | memoryview) -> int:
         if self.incoming is not None:
-            self.incoming.write(data)
+            # pynetdicom hands over a new buffer for each fragment (a slice of the PDU it read)
+            # and never touches it again: hashed as it is, not copied (1 MiB a fragment).
+            self.incoming.write(data, handed_over=True)
         return len(data)
 
     def flush(self) -> None:

@@ -120,7 +120,10 @@ class Incoming:
             self._hashed.result()
         return self._hasher.size
 
-    def write(self, data: bytes | bytearray | memoryview) -> int:
+    def write(self, data: bytes | bytearray | memoryview, *, handed_over: bool = False) -> int:
+        """Write ``data`` and queue it for hashing. The queue needs bytes that do not change until
+        they are hashed: a buffer the caller may reuse is copied first, unless ``handed_over`` says
+        the caller keeps no hold on it (a fresh buffer it will not touch again)."""
         if self.error is None:
             try:
                 self._writer.write(data)
@@ -130,7 +133,7 @@ class Incoming:
         if self._hashing is None:
             self._hasher.update(data)
         else:
-            chunk = data if isinstance(data, bytes) else bytes(data)  # must not change while queued
+            chunk = data if handed_over or isinstance(data, bytes) else bytes(data)
             self._hashed = self._hashing.submit(self._hasher.update, chunk)
         return len(data)
 

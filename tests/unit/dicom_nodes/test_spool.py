@@ -88,6 +88,39 @@ def object_keys(archive: Archive) -> set[str]:
     return {info.key for info in archive.store.iter_objects()}
 
 
+def test_fragments_are_hashed_without_a_copy_because_pynetdicom_never_reuses_them(
+    archive: Archive, node: DicomNode, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SpoolFile hands each fragment to the hashing queue as it is (``handed_over``): that is only
+    right while pynetdicom gives every fragment a buffer of its own and never writes to it again."""
+    handed: list[tuple[bytes | bytearray | memoryview, bytes]] = []
+    real_write = SpoolFile.write
+
+    def recording_write(self: SpoolFile, data: bytes | bytearray | memoryview) -> int:
+        handed.append((data, bytes(data)))
+        return real_write(self, data)
+
+    monkeypatch.setattr(SpoolFile, "write", recording_write)
+    ds = diconde_dx(rows=1100, columns=1100)  # 2.4 MB of pixels: several PDUs of at most 1 MiB
+    ae = AE(ae_title="SPOOL_SCU")
+    ae.add_requested_context(DigitalXRayImageStorageForPresentation, [ExplicitVRLittleEndian])
+    host, port = node.address
+    assoc = ae.associate(host, port, ae_title=node.settings.ae_title)
+    try:
+        assert assoc.send_c_store(ds).Status == 0x0000
+    finally:
+        assoc.release()
+
+    fragments = [(data, seen) for data, seen in handed if len(data) > 64 << 10]
+    assert len(fragments) >= 3
+    assert len({id(data) for data, _ in fragments}) == len(fragments)  # a buffer each ...
+    assert all(bytes(data) == seen for data, seen in fragments)  # ... left as it was written
+    version = archive.retrieve.current(ds.SOPInstanceUID)
+    with archive.retrieve.open(version) as f:
+        stored = f.read()
+    assert hashlib.sha256(stored[version.dataset_offset :]).hexdigest() == version.dataset_sha256
+
+
 def test_install_hooks_pynetdicom_and_uninstall_restores(spooler: RecordingSpooler) -> None:
     assert pynetdicom.dimse_messages.NamedTemporaryFile is tempfile.NamedTemporaryFile
 
