@@ -41,6 +41,9 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
+# Run as a script, Python puts bench/ first on the path, where this file would stand in for the
+# `viewer` package it measures (with the repository on PYTHONPATH, that package came second).
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 if str(ROOT) not in sys.path:  # `python bench/viewer.py` from anywhere
     sys.path.insert(0, str(ROOT))
 
