@@ -84,6 +84,18 @@ def dataset_bytes(ds: Dataset) -> bytes:
     return encoded
 
 
+def store_one(node: DicomNode, ds: Dataset) -> None:
+    """C-STORE ``ds`` to ``node`` on an association of its own; it must succeed."""
+    ae = AE(ae_title="SPOOL_SCU")
+    ae.add_requested_context(DigitalXRayImageStorageForPresentation, [ExplicitVRLittleEndian])
+    host, port = node.address
+    assoc = ae.associate(host, port, ae_title=node.settings.ae_title)
+    try:
+        assert assoc.send_c_store(ds).Status == 0x0000
+    finally:
+        assoc.release()
+
+
 def object_keys(archive: Archive) -> set[str]:
     return {info.key for info in archive.store.iter_objects()}
 
@@ -102,14 +114,7 @@ def test_fragments_are_hashed_without_a_copy_because_pynetdicom_never_reuses_the
 
     monkeypatch.setattr(SpoolFile, "write", recording_write)
     ds = diconde_dx(rows=1100, columns=1100)  # 2.4 MB of pixels: several PDUs of at most 1 MiB
-    ae = AE(ae_title="SPOOL_SCU")
-    ae.add_requested_context(DigitalXRayImageStorageForPresentation, [ExplicitVRLittleEndian])
-    host, port = node.address
-    assoc = ae.associate(host, port, ae_title=node.settings.ae_title)
-    try:
-        assert assoc.send_c_store(ds).Status == 0x0000
-    finally:
-        assoc.release()
+    store_one(node, ds)
 
     fragments = [(data, seen) for data, seen in handed if len(data) > 64 << 10]
     assert len(fragments) >= 3
@@ -146,14 +151,7 @@ def test_received_dataset_goes_through_a_spool_file_into_the_store(
     # pynetdicom's StorageServiceClass calls os.unlink(file.name) once the handler returned.
     monkeypatch.setattr(os, "unlink", recording_unlink)
     ds = diconde_dx(rows=32, columns=32)
-    ae = AE(ae_title="SPOOL_SCU")
-    ae.add_requested_context(DigitalXRayImageStorageForPresentation, [ExplicitVRLittleEndian])
-    host, port = node.address
-    assoc = ae.associate(host, port, ae_title=node.settings.ae_title)
-    try:
-        assert assoc.send_c_store(ds).Status == 0x0000
-    finally:
-        assoc.release()
+    store_one(node, ds)
 
     # The handler was given, as event.dataset_path, the name of the spool file pynetdicom wrote to.
     [spool] = spooler.created
