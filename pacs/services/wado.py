@@ -25,16 +25,12 @@ from pydicom.encaps import encapsulate, get_frame
 from pydicom.filewriter import dcmwrite
 from pydicom.pixels import get_decoder
 from pydicom.uid import UID, ExplicitVRBigEndian, ExplicitVRLittleEndian
-from sqlalchemy import select
-from sqlalchemy.exc import SQLAlchemyError
 
 from pacs.dicom.retrieve_keys import InformationModel, RetrieveRequest
 from pacs.dicom.transcode import TranscodeError, choose_transfer_syntax, prepare
 from pacs.diconde.encodings import is_video
 from pacs.errors import InvalidQuery, NotFound, PacsError, ResourceUnavailable
-from pacs.index.database import read_transaction
 from pacs.index.repository import VersionRow
-from pacs.index.schema import instance_version
 from pacs.services.retrieve import RetrieveItem, RetrieveService
 from storage import ObjectNotFound, StorageError
 
@@ -42,7 +38,6 @@ CHUNK = 4 << 20  # a read of the object per 4 MiB sent: few thread hops, bounded
 #: Objects read whole (to find a bulk data element when there is no pixel data to stop at, or
 #: frames that have no recorded byte ranges) above this size are refused rather than loaded.
 MAX_WHOLE_READ = 1 << 30
-_IN_CHUNK = 500  # version ids per IN (...) list: well under SQLite's and PostgreSQL's parameter limits
 EXPLICIT_LE = str(ExplicitVRLittleEndian)
 PIXEL_DATA_TAGS = ("7FE00010", "7FE00008", "7FE00009")
 
@@ -168,7 +163,7 @@ class WadoService:
     ) -> list[Any]:
         """The DICOM JSON of each item, from the index alone; each BulkDataURI becomes
         ``bulk_base(instance_json) + "/" + path`` (see :func:`with_bulk_uris`)."""
-        found = self._dicom_json_of([item.version.id for item in items])
+        found = self.retrieve.dicom_json_of([item.version for item in items])
         models = []
         for item in items:
             model = found.get(item.version.id)
@@ -176,22 +171,6 @@ class WadoService:
                 raise NotFound(f"no version {item.version.id} of {item.sop_instance_uid}")
             models.append(with_bulk_uris(model, bulk_base(model)))
         return models
-
-    def _dicom_json_of(self, version_ids: Sequence[int]) -> dict[int, dict[str, Any]]:
-        """The DICOM JSON of each version, by id, in one read transaction: that column alone. The
-        frame layout beside it (a byte range per frame: 1000 frames are some 30 kB of JSON) is not
-        part of the metadata, and decoding it cost more than the rest of the request together."""
-        query = select(instance_version.c.id, instance_version.c.dicom_json)
-        found: dict[int, dict[str, Any]] = {}
-        try:
-            with read_transaction(self.retrieve.index.engine) as conn:
-                for start in range(0, len(version_ids), _IN_CHUNK):
-                    chunk = version_ids[start : start + _IN_CHUNK]
-                    for row in conn.execute(query.where(instance_version.c.id.in_(chunk))):
-                        found[int(row.id)] = row.dicom_json
-        except SQLAlchemyError as exc:
-            raise ResourceUnavailable(f"index unavailable: {getattr(exc, 'orig', None) or exc}") from exc
-        return found
 
     # -- frames --------------------------------------------------------------------------------
     def frames(self, version: VersionRow) -> Frames:
