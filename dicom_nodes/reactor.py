@@ -39,6 +39,8 @@ from pynetdicom import evt
 from pynetdicom.fsm import InvalidEventError
 from pynetdicom.pdu import A_ABORT_RQ
 
+from dicom_nodes import pdata
+
 if TYPE_CHECKING:
     from pynetdicom.association import Association
     from pynetdicom.dul import DULServiceProvider
@@ -193,22 +195,10 @@ def _run_dul(dul: DULServiceProvider, wake: _Wake) -> None:
             try:
                 if dul._process_recv_primitive():
                     pass
-                elif dul._is_transport_event():
+                elif pdata.transport_event(dul):
                     dul._idle_timer.restart()
             except Exception as exc:
-                LOGGER.error("Exception in DUL.run(), aborting association")
-                LOGGER.exception(exc)
-                abort_pdu = A_ABORT_RQ()
-                abort_pdu.source = 0x02
-                abort_pdu.reason_diagnostic = 0x00
-                try:
-                    dul.socket.send(abort_pdu.encode())  # type: ignore[union-attr]
-                except Exception:  # the connection is gone already
-                    pass
-                dul.assoc.is_aborted = True
-                dul.assoc.is_established = False
-                dul.assoc._kill = True
-                dul._kill_thread = True
+                _abort(dul, exc)
                 return
             try:
                 event = dul.event_queue.get(block=False)
@@ -217,9 +207,10 @@ def _run_dul(dul: DULServiceProvider, wake: _Wake) -> None:
                 continue
             try:
                 dul.state_machine.do_action(event)
-            except InvalidEventError:
+            except InvalidEventError as exc:
                 if event not in _LOCAL_EVENTS:
-                    raise
+                    _abort(dul, exc)
+                    return
                 # A primitive of ours the state no longer takes (a release response after the
                 # association was aborted): pynetdicom's loop would die on it with the primitive
                 # still queued. Dropped; the state machine goes on.
@@ -232,6 +223,9 @@ def _run_dul(dul: DULServiceProvider, wake: _Wake) -> None:
                     type(dropped).__name__,
                     dul.state_machine.current_state,
                 )
+            except Exception as exc:  # a PDU pynetdicom decoded but cannot act on (a PDV without header)
+                _abort(dul, exc)
+                return
             busy = True
     finally:
         holder = dul.socket
@@ -240,8 +234,33 @@ def _run_dul(dul: DULServiceProvider, wake: _Wake) -> None:
                 holder.close()
             except Exception:
                 pass
+            # The state machine, which would act on the close (AA-4), has stopped: tell those
+            # waiting for the connection to end (the spooler discards what it was receiving).
+            assoc = dul.assoc
+            remote = assoc.acceptor if assoc.is_requestor else assoc.requestor
+            address = remote.address_info.as_tuple if remote.address_info is not None else None
+            evt.trigger(assoc, evt.EVT_CONN_CLOSE, {"address": address})
         _wake_association(dul.assoc)
         wake.close()
+
+
+def _abort(dul: DULServiceProvider, exc: Exception) -> None:
+    """What pynetdicom's loop does when reading fails: an A-ABORT to the peer, the association and
+    the loop ended. Here also when acting on what was read fails, which pynetdicom's loop leaves to
+    end the thread with the connection open and the peer unanswered."""
+    LOGGER.error("Exception in DUL.run(), aborting association")
+    LOGGER.exception(exc)
+    abort_pdu = A_ABORT_RQ()
+    abort_pdu.source = 0x02
+    abort_pdu.reason_diagnostic = 0x00
+    try:
+        dul.socket.send(abort_pdu.encode())  # type: ignore[union-attr]
+    except Exception:  # the connection is gone already
+        pass
+    dul.assoc.is_aborted = True
+    dul.assoc.is_established = False
+    dul.assoc._kill = True
+    dul._kill_thread = True
 
 
 def _wake_association(assoc: Association) -> None:

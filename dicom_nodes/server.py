@@ -168,6 +168,8 @@ class DicomNode:
         """``tls``: the TLS listening socket and its context (:func:`dicom_nodes.tls.server_context`)."""
         self.settings = settings
         self.spooler = spooler
+        # Before the servers exist: each binds pynetdicom's standard log handlers when it is made.
+        quiet_logging()
         listening.setblocking(False)  # several processes accept on it; the losers must not block
         ae = AE(settings.ae_title)
         ae.implementation_class_uid = IMPLEMENTATION_CLASS_UID
@@ -216,7 +218,6 @@ class DicomNode:
         return str(host), int(port)
 
     def start(self) -> None:
-        quiet_logging()
         self.spooler.install()
         negotiation.install()
         for server, name in zip(self._servers, ("dicom-accept", "dicom-tls-accept"), strict=False):
