@@ -42,6 +42,7 @@ class Part10Hasher:
         self._start = bytearray()  # bytes held until the split is known
         self._split: int | None = None
         self._unknown = False
+        self._abandoned = False
         self.size = 0
 
     def update(self, data: bytes | bytearray | memoryview) -> None:
@@ -65,8 +66,12 @@ class Part10Hasher:
             self._dataset.update(self._start[split:])
             self._start = bytearray()
 
+    def abandon(self) -> None:
+        """The stream was not hashed whole: :meth:`digests` returns ``None`` from now on."""
+        self._abandoned = True
+
     def digests(self) -> Digests | None:
-        if self._split is None:
+        if self._split is None or self._abandoned:
             return None
         return Digests(self._meta.hexdigest(), self._dataset.hexdigest(), self._split, self.size)
 

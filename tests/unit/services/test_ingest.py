@@ -20,6 +20,7 @@ from sqlalchemy import text
 
 from pacs.archive import Archive
 from pacs.context import CallerContext
+from pacs.dicom.digest import Part10Hasher
 from pacs.errors import InvalidObject, ObjectMismatch, ResourceUnavailable
 from pacs.index.repository import Outcome
 from pacs.services.ingest import Expected, Incoming
@@ -314,6 +315,56 @@ def test_a_received_object_is_committed_under_its_key(archive: Archive, dx_file:
     )
     assert object_keys(archive) == {incoming.key}
     assert stored_bytes(archive, result.sop_instance_uid) == data
+
+
+def test_objects_received_side_by_side_are_hashed_apart(archive: Archive, tmp_path: Path) -> None:
+    """Every object being received shares one hashing thread; their chunks interleave on it."""
+    files = [write(diconde_dx(seed=n), tmp_path / f"{n}.dcm").read_bytes() for n in range(3)]
+    incomings = [archive.ingest.receive() for _ in files]
+    for start in range(0, max(map(len, files)), 1000):
+        for incoming, data in zip(incomings, files, strict=True):
+            if start < len(data):
+                incoming.write(data[start : start + 1000])
+    for incoming, data in zip(incomings, files, strict=True):
+        digests = incoming.digests()
+        assert digests is not None
+        offset = dataset_offset(data)
+        assert digests.dataset_sha256 == hashlib.sha256(data[offset:]).hexdigest()
+        assert digests.file_meta_sha256 == hashlib.sha256(data[:offset]).hexdigest()
+        assert archive.ingest.ingest_incoming(incoming, CTX).outcome is Outcome.STORED
+
+
+def test_a_chunk_the_hashing_thread_fails_on_is_hashed_from_the_object(
+    archive: Archive, dx_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = dx_file.read_bytes()
+    real = Part10Hasher.update
+    calls = 0
+
+    def failing_once(self: Part10Hasher, chunk: bytes) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 2:
+            raise MemoryError("no room to hash")
+        real(self, chunk)
+
+    monkeypatch.setattr(Part10Hasher, "update", failing_once)
+    incoming = received(archive, data)
+    assert incoming.digests() is None  # not trusted: a chunk went unhashed
+
+    result = archive.ingest.ingest_incoming(incoming, CTX)
+
+    offset = dataset_offset(data)
+    assert result.dataset_sha256 == hashlib.sha256(data[offset:]).hexdigest()
+    assert archive.retrieve.current(result.sop_instance_uid).file_meta_sha256 == (
+        hashlib.sha256(data[:offset]).hexdigest()
+    )
+    assert stored_bytes(archive, result.sop_instance_uid) == data
+    # The thread goes on hashing the next object.
+    monkeypatch.setattr(Part10Hasher, "update", real)
+    again = received(archive, data)
+    assert again.digests() is not None
+    again.abort()
 
 
 def test_a_refused_received_object_leaves_no_object(archive: Archive, tmp_path: Path) -> None:
