@@ -47,6 +47,8 @@ LOGGER = logging.getLogger("pynetdicom.dul")  # pynetdicom's logger, for its own
 _PDU_HEADER = struct.Struct(">BBL")  # PDU type, reserved, length (PS3.8 9.3.1)
 _PDV_HEADER = struct.Struct(">LBB")  # item length, presentation context ID, message control header
 P_DATA_TF = 0x04
+#: PDUs taken at most per call while more are waiting (dcmtk's 128 KiB PDUs: 4 MiB).
+BURST = 32
 
 
 def transport_event(dul: DULServiceProvider) -> bool:
@@ -63,13 +65,24 @@ def transport_event(dul: DULServiceProvider) -> bool:
         return bool(dul._is_transport_event())
     if not holder.ready:  # as _is_transport_event (which also puts Evt17 if the socket failed)
         return False
+    # PDUs already waiting are taken in one go, without going round the reactor's loop for each.
+    for _ in range(BURST):
+        if not _shortcut(dul, holder, sock, spool, context_id) or not holder.ready:
+            break
+    return True
+
+
+def _shortcut(
+    dul: DULServiceProvider, holder: Any, sock: socket.socket, spool: SpoolFile, context_id: int
+) -> bool:
+    """Read the next PDU; whether it went straight to ``spool`` (else pynetdicom has it)."""
     try:
         header = sock.recv(_PDU_HEADER.size, socket.MSG_PEEK)
     except OSError:  # the connection is gone: pynetdicom's read tells the state machine (Evt17)
         header = b""
     if len(header) != _PDU_HEADER.size or header[0] != P_DATA_TF:
         dul._read_pdu_data()
-        return True
+        return False
     length = _PDU_HEADER.unpack(header)[2]
     # The whole PDU: BulkReceiveSocket drops one longer than negotiated (returns nothing), and
     # reads what arrived before a close; either comes out short of 6 + length bytes.
@@ -79,18 +92,18 @@ def transport_event(dul: DULServiceProvider) -> bool:
         LOGGER.error("Connection closed before the entire PDU was received")
         LOGGER.exception(exc)
         dul.event_queue.put("Evt17")
-        return True
+        return False
     if len(pdu) != _PDU_HEADER.size + length:
         LOGGER.error(
             f"The received PDU is shorter than expected ({len(pdu)} of {_PDU_HEADER.size + length} "
             "bytes received)"
         )
         dul.event_queue.put("Evt17")
-        return True
+        return False
     fragments = _fragments(pdu, context_id)
     if fragments is None or _observed(dul):
         _deliver(dul, pdu)
-        return True
+        return False
     view = memoryview(pdu)
     for start, end in fragments:
         spool.write(view[start:end])

@@ -91,6 +91,28 @@ def test_data_set_pdus_skip_pynetdicom_and_the_object_is_stored_as_sent(
     assert decoded == [0x04, 0x04]
 
 
+def test_two_c_stores_sent_at_once_are_split_where_each_data_set_ends(
+    archive: Archive, peer: RawPeer, decoded: list[int]
+) -> None:
+    """Everything is waiting when the node reads: the PDUs taken in one go stop at each last
+    fragment, and the next request's command is pynetdicom's again."""
+    sets = [diconde_dx(rows=128, columns=128, seed=n) for n in range(2)]
+    wire = b""
+    for ds in sets:
+        data = dataset(ds)
+        pieces = [data[i : i + 3000] for i in range(0, len(data), 3000)]
+        wire += p_data(CONTEXT, c_store_rq(DX, ds.SOPInstanceUID), command=True, last=True)
+        wire += b"".join(
+            pdu(0x04, data_pdv(piece, last=number == len(pieces))) for number, piece in enumerate(pieces, 1)
+        )
+    peer.send(wire)
+    assert [peer.response().Status for _ in sets] == [SUCCESS, SUCCESS]
+
+    for ds in sets:
+        assert stored_dataset(archive, ds) == dataset(ds)
+    assert decoded == [0x04, 0x04] * 2
+
+
 def test_pdus_the_shortcut_does_not_understand_go_through_pynetdicom(
     archive: Archive, peer: RawPeer, decoded: list[int]
 ) -> None:
