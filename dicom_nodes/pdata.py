@@ -122,7 +122,7 @@ def _receiving(dul: DULServiceProvider) -> tuple[SpoolFile | None, int]:
     return spool, context_id
 
 
-def _fragments(pdu: bytearray, context_id: int) -> list[tuple[int, int]] | None:
+def _fragments(pdu: bytes | bytearray, context_id: int) -> list[tuple[int, int]] | None:
     """Where the values of a P-DATA-TF PDU's data set fragments lie in it; ``None`` unless every
     PDV is a data set fragment but the last of ``context_id``, and the items fill the PDU exactly."""
     end = len(pdu)
@@ -147,10 +147,10 @@ def _observed(dul: DULServiceProvider) -> bool:
     return bool(assoc.get_handlers(evt.EVT_DATA_RECV) or assoc.get_handlers(evt.EVT_PDU_RECV))
 
 
-def _deliver(dul: DULServiceProvider, pdu: bytearray) -> None:
+def _deliver(dul: DULServiceProvider, pdu: bytes | bytearray) -> None:
     """What ``DULServiceProvider._read_pdu_data`` does with a PDU once it has read it."""
     try:
-        decoded, event = dul._decode_pdu(pdu)
+        decoded, event = dul._decode_pdu(pdu)  # type: ignore[arg-type]  # read only (bytes() first)
         dul.event_queue.put(event)
     except Exception as exc:
         LOGGER.error("Unable to decode the received PDU data")
