@@ -16,7 +16,7 @@ from collections.abc import Iterator
 import pytest
 from pydicom.dataset import Dataset
 from pydicom.uid import DigitalXRayImageStorageForPresentation, ExplicitVRLittleEndian
-from pynetdicom import evt
+from pynetdicom import _config, evt
 from pynetdicom.dul import DULServiceProvider
 from pynetdicom.events import Event
 
@@ -190,6 +190,7 @@ def test_a_handler_watching_pdus_sees_every_one(archive: Archive, dicom_node: Ru
 
 def test_pynetdicom_log_handlers_are_bound_only_at_debug(archive: Archive) -> None:
     """pynetdicom's standard handlers narrate every PDU; a server binds them when it is made."""
+    _config.LOG_HANDLER_LEVEL = "standard"  # pynetdicom's default, whatever ran before
     node = start_dicom_node(archive)
     try:
         assert node.node.server.get_handlers(evt.EVT_PDU_RECV) == []  # type: ignore[attr-defined]
