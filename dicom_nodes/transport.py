@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any
 from pynetdicom import _config, transport
 from pynetdicom.pdu_primitives import P_DATA
 
-from dicom_nodes import reactor
+from dicom_nodes import reactor, store_service
 
 if TYPE_CHECKING:
     from pynetdicom.association import Association
@@ -207,5 +207,6 @@ class RequestHandler(transport.RequestHandler):
     def _create_association(self) -> Association:
         assoc = super()._create_association()
         reactor.install(assoc)  # before its threads start; tune() keeps what it installs
+        store_service.install(assoc)  # before tune(), which wraps the request server it finds
         tune(assoc)
         return assoc
