@@ -2,7 +2,8 @@
 
 No hash, no parse, no index, no fsync. It negotiates exactly as the archive does (same maximum PDU
 size, same presentation contexts, same timeouts) and receives the same way (pynetdicom's chunked
-receive into a file, whole-PDU socket reads and event-driven loops from ``dicom_nodes.transport``,
+receive into a file, whole-PDU socket reads, event-driven loops and the one-pass C-STORE response
+of ``dicom_nodes.store_service``, all installed by ``dicom_nodes.transport.RequestHandler``;
 pynetdicom's per-PDU log handlers off), so the gap between it and ``pacs serve`` is what the
 archive's own work costs. Its data set PDUs go through pynetdicom's own decoding: the archive's
 shortcut (``dicom_nodes/pdata.py``) writes only into the archive's spool files, so this stays the

@@ -994,14 +994,15 @@ def render(report: Report, args: argparse.Namespace, counts: dict[str, int], met
         "fsync), `--fork` for four associations, `TCP_NODELAY=1`.",
         "  - bare pynetdicom SCP (`bench/bare_scp.py`, the Python ceiling): the archive's pynetdicom "
         "settings (1 MiB maximum PDU, same presentation contexts, chunked receive into a file, the "
-        "archive's whole-PDU socket reads and event-driven loops from `dicom_nodes/transport.py`, "
-        "pynetdicom's per-PDU log handlers off) and a handler that only "
+        "archive's whole-PDU socket reads, event-driven loops and one-pass C-STORE responses "
+        "(`dicom_nodes/transport.py`, `reactor.py`, `store_service.py`), pynetdicom's per-PDU log "
+        "handlers off) and a handler that only "
         "renames the received file into place: no hash, no parse, no index, no fsync. One process. "
         "Its data set PDUs go through pynetdicom's decoding, which the archive's shortcut "
         "(`dicom_nodes/pdata.py`) skips. "
         "The targets' ratios to it measure what the archive's own work costs.",
-        "  - bare-stock: the same on pynetdicom's own 4 KiB socket reads and log handlers, i.e. what "
-        "stock pynetdicom gives.",
+        "  - bare-stock: the same on pynetdicom's own 4 KiB socket reads, polling loops, responses and "
+        "log handlers, i.e. what stock pynetdicom gives.",
         "- Every run is checked: the target must have stored every instance (index rows for ours, "
         "`/statistics` for Orthanc, files for the others), else the run counts as failed.",
         f"- {meta['repeat']} round{'s' * (meta['repeat'] > 1)}; in each, every (image size, associations) "
