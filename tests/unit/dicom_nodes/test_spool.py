@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import gc
 import hashlib
+import io
 import multiprocessing
 import os
 import socket
@@ -23,14 +24,16 @@ from typing import Any
 import pynetdicom.dimse_messages
 import pytest
 from pydicom.dataset import Dataset
+from pydicom.filewriter import write_file_meta_info
 from pydicom.uid import DigitalXRayImageStorageForPresentation, ExplicitVRLittleEndian
 from pynetdicom import AE, _config
-from pynetdicom.dsutils import encode
+from pynetdicom.dsutils import create_file_meta, encode
 
 from dicom_nodes.policy import AssociationLimiter
 from dicom_nodes.server import DicomNode
-from dicom_nodes.spool import Spooler, SpoolFile
+from dicom_nodes.spool import FileMeta, Spooler, SpoolFile, write_file_meta
 from pacs.archive import Archive
+from pacs.diconde.encodings import STORED_TRANSFER_SYNTAXES
 from tests.support.factories import diconde_dx
 
 
@@ -132,10 +135,60 @@ def test_install_hooks_pynetdicom_and_uninstall_restores(spooler: RecordingSpool
     spooler.install()
     assert pynetdicom.dimse_messages.NamedTemporaryFile == spooler.create
     assert _config.STORE_RECV_CHUNKED_DATASET is True
+    assert pynetdicom.dimse_messages.create_file_meta is FileMeta
+    assert pynetdicom.dimse_messages.write_file_meta_info is write_file_meta
 
     spooler.uninstall()
     assert pynetdicom.dimse_messages.NamedTemporaryFile is tempfile.NamedTemporaryFile
     assert _config.STORE_RECV_CHUNKED_DATASET is False
+    assert pynetdicom.dimse_messages.create_file_meta is create_file_meta
+    assert pynetdicom.dimse_messages.write_file_meta_info is write_file_meta_info
+
+
+def pydicom_file_meta(**values: str) -> bytes:
+    """The file meta group as pynetdicom has pydicom make and write it."""
+    out = io.BytesIO()
+    write_file_meta_info(out, create_file_meta(**values))  # type: ignore[arg-type]
+    return out.getvalue()
+
+
+def our_file_meta(**values: str) -> bytes:
+    out = io.BytesIO()
+    write_file_meta(out, FileMeta(**values))
+    return out.getvalue()
+
+
+@pytest.mark.parametrize("transfer_syntax", sorted(STORED_TRANSFER_SYNTAXES))
+@pytest.mark.parametrize("instance_length", [41, 64])
+@pytest.mark.parametrize("sop_class", ["1.2.840.10008.5.1.4.1.1.1.1", "1.2.840.10008.5.1.4.1.1.2"])
+def test_the_file_meta_is_written_byte_for_byte_as_pydicom_writes_it(
+    transfer_syntax: str, instance_length: int, sop_class: str
+) -> None:
+    instance = ("1.2.826.0.1.3680043.8.498." + "1234567890" * 7)[:instance_length]
+    values = {"sop_class_uid": sop_class, "sop_instance_uid": instance, "transfer_syntax": transfer_syntax}
+    assert our_file_meta(**values) == pydicom_file_meta(**values)
+
+
+@pytest.mark.parametrize(
+    "instance",
+    ["1.2.3.4 ", "1.2.A.4", "1." + "2" * 70, "1.2.\u00e9"],
+    ids=["trailing space", "letter", "too long", "non-ASCII"],
+)
+def test_unusual_uids_are_left_to_pydicom(instance: str) -> None:
+    values = {
+        "sop_class_uid": "1.2.840.10008.5.1.4.1.1.1.1",
+        "sop_instance_uid": instance,
+        "transfer_syntax": ExplicitVRLittleEndian,
+    }
+    try:
+        expected: bytes | type[Exception] = pydicom_file_meta(**values)
+    except Exception as exc:  # pydicom refuses it: so must we
+        expected = type(exc)
+    if isinstance(expected, bytes):
+        assert our_file_meta(**values) == expected
+    else:
+        with pytest.raises(expected):
+            our_file_meta(**values)
 
 
 def test_received_dataset_goes_through_a_spool_file_into_the_store(
@@ -170,6 +223,13 @@ def test_received_dataset_goes_through_a_spool_file_into_the_store(
     assert hashlib.sha256(stored[offset:]).hexdigest() == digests.dataset_sha256 == version.dataset_sha256
     assert hashlib.sha256(stored[:offset]).hexdigest() == digests.file_meta_sha256 == version.file_meta_sha256
     assert stored[offset:] == dataset_bytes(ds)
+    # The file meta is the one pynetdicom would have written (its UIDs, its implementation).
+    meta = pydicom_file_meta(
+        sop_class_uid=ds.SOPClassUID,
+        sop_instance_uid=ds.SOPInstanceUID,
+        transfer_syntax=ExplicitVRLittleEndian,
+    )
+    assert stored[:offset] == b"\0" * 128 + b"DICM" + meta
     assert spool.incoming.size == len(stored) == version.size
     assert object_keys(archive) == {version.object_key}
     assert spooler.pending == 0
