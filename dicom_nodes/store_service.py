@@ -45,6 +45,7 @@ _STATUS_TAGS = frozenset([_STATUS, _ERROR_COMMENT])
 _C_STORE_RSP = 0x8001
 _NO_DATA_SET = 0x0101
 _COMMAND_LAST = b"\x03"  # message control header: a command fragment, the last one (PS3.8 E.2)
+_ENDED = object()  # the handler's association ended (released or aborted): nothing to answer
 
 
 def install(assoc: Association) -> None:
@@ -77,7 +78,7 @@ def _serve_store(assoc: Association, req: C_STORE, context_id: int) -> bool:
     assoc._is_paused = True
     try:
         status = _call_handler(assoc, req, context.as_tuple)
-        if status is not None and assoc.is_established:
+        if status is not _ENDED and assoc.is_established:
             _respond(assoc, req, context_id, status)
     except Exception as exc:  # as pynetdicom: a failure of the service itself ends the association
         log.exception("C-STORE service failed: %s", exc)
@@ -96,7 +97,8 @@ def _storage(sop_class_uid: Any) -> bool:
 
 
 def _call_handler(assoc: Association, req: C_STORE, context: Any) -> Any:
-    """The handler's answer; ``HANDLER_ERROR`` when it raises. None when it ended the association."""
+    """The handler's answer (whatever it returned, for the response to judge); ``HANDLER_ERROR``
+    when it raises; ``_ENDED`` when the association ended meanwhile."""
     assoc.abort = assoc._abort_nonblocking  # type: ignore[method-assign]
     try:
         status = evt.trigger(assoc, evt.EVT_C_STORE, {"request": req, "context": context})
@@ -111,7 +113,7 @@ def _call_handler(assoc: Association, req: C_STORE, context: Any) -> Any:
                 os.unlink(req._dataset_file.name)
             except OSError:
                 pass
-    return status if assoc.is_established else None
+    return status if assoc.is_established else _ENDED
 
 
 def _respond(assoc: Association, req: C_STORE, context_id: int, status: Any) -> None:
@@ -139,6 +141,8 @@ def _response_command(req: C_STORE, status: Any) -> bytes | None:
     else:
         code = status
     if not isinstance(code, int) or not 0 <= code <= 0xFFFF:
+        return None
+    if not (str(req.AffectedSOPClassUID).isascii() and str(req.AffectedSOPInstanceUID).isascii()):
         return None
     body = b"".join(
         [

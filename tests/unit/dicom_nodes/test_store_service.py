@@ -3,20 +3,23 @@ is the one pynetdicom would send, and what it does not cover is still pynetdicom
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from pydicom.dataset import Dataset
 from pydicom.uid import DigitalXRayImageStorageForPresentation, ExplicitVRLittleEndian, generate_uid
+from pynetdicom import AE, _config, evt
 from pynetdicom.dimse import DIMSEServiceProvider
 from pynetdicom.dimse_messages import C_STORE_RSP
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.dsutils import encode as encode_command
 from pynetdicom.service_class import StorageServiceClass
+from pynetdicom.transport import ThreadedAssociationServer
 
 import dicom_nodes.store
-from dicom_nodes import store_service
+from dicom_nodes import store_service, transport
 from dicom_nodes.spool import Spooler
 from pacs.archive import Archive
 from pacs.errors import NotFound
@@ -220,3 +223,51 @@ def test_an_answer_it_does_not_encode_is_sent_by_pynetdicom(
     assert rsp.OffendingElement == 0x00080018
     assert [type(sent) for sent in pynetdicom_sends] == [C_STORE]
     assert "SOP Instance UIDs differ" in rsp.ErrorComment
+
+
+# -- any handler, on an association the archive's RequestHandler made -----------------------------
+@pytest.fixture
+def handler_server(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    """Start a pynetdicom server with the archive's RequestHandler and ``handler`` on EVT_C_STORE
+    (pynetdicom's standard log handlers off, as the archive runs)."""
+    monkeypatch.setattr(_config, "LOG_HANDLER_LEVEL", "none")
+    servers: list[ThreadedAssociationServer] = []
+
+    def start(handler: Any) -> int:
+        ae = AE("HANDLERS")
+        ae.add_supported_context(DX, ExplicitVRLittleEndian)
+        server = ThreadedAssociationServer(
+            ae,
+            ("127.0.0.1", 0),
+            ae.ae_title,
+            ae.supported_contexts,
+            evt_handlers=[(evt.EVT_C_STORE, handler)],
+            request_handler=transport.RequestHandler,
+        )
+        ae._servers.append(server)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        servers.append(server)
+        return int(server.server_address[1])
+
+    yield start
+    for server in servers:
+        server.shutdown()
+
+
+@pytest.mark.parametrize(
+    ("answer", "status", "by_pynetdicom"),
+    [(None, 0xC002, 1), (Dataset(), 0xC001, 1), (0xB000, 0xB000, 0)],
+    ids=["none", "no status element", "warning"],
+)
+def test_whatever_a_handler_returns_is_answered_as_pynetdicom_answers_it(
+    handler_server: Any, pynetdicom_sends: list[Any], answer: Any, status: int, by_pynetdicom: int
+) -> None:
+    port = handler_server(lambda event: answer)
+    ds = diconde_dx(rows=32, columns=32)
+    with RawPeer("127.0.0.1", port) as peer:
+        peer.associate("HANDLERS", [(CONTEXT, DX, [ExplicitVRLittleEndian])])
+        rsp = store(peer, ds, message_id=9)
+        assert rsp.Status == status
+        assert rsp.MessageIDBeingRespondedTo == 9
+        assert rsp.AffectedSOPInstanceUID == ds.SOPInstanceUID
+    assert len(pynetdicom_sends) == by_pynetdicom  # an answer it cannot encode is pynetdicom's
