@@ -9,12 +9,15 @@ Durability, for both ways in:
   name with ``link()`` (which, unlike ``rename()``, refuses to replace an existing file, so a key is
   never overwritten) and fsyncs the folder holding the name.
 * :meth:`FilesystemStore.create` writes the object where it will stay: the file is created with
-  ``O_EXCL`` under its final name and the folder is fsynced at once, while the data is still
-  arriving; writes ask the kernel to start writing back as they go (``sync_file_range``), and
-  :meth:`FileObjectWriter.finish` starts the final ``fdatasync`` in the background as soon as the
-  last byte is in, while the archive checks the object; :meth:`FileObjectWriter.commit` waits for
-  it. This is the path of every C-STORE: the durability cost overlaps the network transfer and the
-  checks instead of following them.
+  ``O_EXCL`` under its final name (its fan-out folders made first if missing), and the folders
+  holding the names on its path are fsynced while the data is still arriving; as the writes go,
+  the kernel is asked to start writing them back (``sync_file_range``), and
+  :meth:`FileObjectWriter.finish` starts the final ``fdatasync`` as soon as the last byte is in,
+  while the archive checks the object; :meth:`FileObjectWriter.commit` waits for all of it. With a
+  background executor (the ingest service gives one) the fsyncs and write-back requests run
+  there, in order, so the thread receiving the data only writes. This is the path of every
+  C-STORE: the durability cost overlaps the network transfer and the checks instead of following
+  them.
 
 A crash leaves whole objects, and at worst a partial object under a key no index row names, which
 ``pacs fsck`` reports as unreferenced.
@@ -55,6 +58,12 @@ def fsync_path(path: Path) -> None:
         os.close(fd)
 
 
+def fsync_names(folders: tuple[Path, ...]) -> None:
+    """fsync each folder, outermost first: the names along an object's path made durable."""
+    for folder in folders:
+        fsync_path(folder)
+
+
 @cache
 def _sync_file_range() -> Callable[[int, int, int], None] | None:
     """Linux ``sync_file_range(fd, offset, n, SYNC_FILE_RANGE_WRITE)``: start write-back, don't wait.
@@ -77,11 +86,20 @@ def _sync_file_range() -> Callable[[int, int, int], None] | None:
 
 
 class FileObjectWriter:
-    """A new object written in place under its final name (see the module docstring)."""
+    """A new object written in place under its final name (see the module docstring).
 
-    def __init__(self, key: str, path: Path, background: Executor | None = None) -> None:
+    ``folders``: the folders whose names lead to the object, outermost first, each fsynced before
+    the commit returns (the store's root and the two fan-out levels). ``background``: a
+    single-threaded executor, so that what is queued runs in order; the descriptor stays open until
+    the last task queued for it has run.
+    """
+
+    def __init__(
+        self, key: str, path: Path, background: Executor | None = None, folders: tuple[Path, ...] = ()
+    ) -> None:
         self.key = key
         self.path = path
+        folders = folders or (path.parent,)
         try:
             self._fd: int | None = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
         except FileExistsError:
@@ -95,14 +113,17 @@ class FileObjectWriter:
         self._background = background
         self._finished = False
         self._synced: Future[None] | None = None  # the fdatasync started by finish()
-        # The name is made durable while the data arrives: on the background executor if there is
-        # one (the writer's caller keeps receiving meanwhile), else now; commit() waits for it.
+        self._queued: Future[None] | None = None  # the last task queued on the background executor
+        # The names are made durable while the data arrives: on the background executor if there
+        # is one (the writer's caller keeps receiving meanwhile), else now; commit() waits for it.
+        # Every object fsyncs its whole path, folders made by another writer included: that
+        # writer's fsync may not have run yet (a folder with nothing new to write fsyncs at once).
         self._named: Future[None] | None = None
         if background is not None:
-            self._named = background.submit(fsync_path, path.parent)
+            self._named = self._queued = background.submit(fsync_names, folders)
         else:
             try:
-                fsync_path(path.parent)
+                fsync_names(folders)
             except OSError as exc:
                 self.abort()
                 raise os_error(exc, f"creating object {key!r} in {path.parent}") from exc
@@ -120,7 +141,14 @@ class FileObjectWriter:
             raise os_error(exc, f"writing object {self.key!r} in {self.path.parent}") from exc
         self._written += len(data)
         if self._writeback is not None and self._written - self._flushed >= _WRITEBACK_STEP:
-            self._writeback(fd, self._flushed, self._written - self._flushed)
+            # Starting write-back submits the I/O, which takes the caller a while: in the
+            # background when it can (the caller is receiving the next bytes meanwhile).
+            if self._background is not None:
+                self._queued = self._background.submit(
+                    self._writeback, fd, self._flushed, self._written - self._flushed
+                )
+            else:
+                self._writeback(fd, self._flushed, self._written - self._flushed)
             self._flushed = self._written
         return len(data)
 
@@ -128,7 +156,7 @@ class FileObjectWriter:
         """Start the ``fdatasync`` on the background executor (without one, commit() does it)."""
         self._finished = True
         if self._fd is not None and self._synced is None and self._background is not None:
-            self._synced = self._background.submit(os.fdatasync, self._fd)
+            self._synced = self._queued = self._background.submit(os.fdatasync, self._fd)
 
     def commit(self) -> None:
         if self._fd is None:
@@ -143,6 +171,8 @@ class FileObjectWriter:
         except OSError as exc:
             raise os_error(exc, f"making object {self.key!r} in {self.path.parent} durable") from exc
         finally:
+            if self._queued is not None:  # a write-back request may still be queued (not finished)
+                self._queued.exception()
             os.close(self._fd)
             self._fd = None
         self._committed = True
@@ -150,8 +180,8 @@ class FileObjectWriter:
     def abort(self) -> None:
         if self._committed:
             return
-        if self._synced is not None:  # the descriptor stays open until its fdatasync is done
-            self._synced.exception()
+        if self._queued is not None:  # the descriptor stays open until its last task has run
+            self._queued.exception()
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
@@ -177,7 +207,9 @@ class FilesystemStore:
             raise ValueError(f"invalid object key {key!r}")
         return self.root / key[0:2] / key[2:4] / key
 
-    def _make_parent(self, path: Path) -> None:
+    def _make_parent(self, path: Path, *, durable: bool = True) -> None:
+        """Make the object's fan-out folders where missing. ``durable``: fsync the folder holding
+        each new one now (else the caller fsyncs the whole path, see :class:`FileObjectWriter`)."""
         parent = path.parent
         if parent.is_dir():
             return
@@ -187,17 +219,17 @@ class FilesystemStore:
                     folder.mkdir()
                 except FileExistsError:
                     pass
-                # The new folder's name must survive a crash too.
-                fsync_path(folder.parent)
+                if durable:  # the new folder's name must survive a crash too
+                    fsync_path(folder.parent)
 
     # -- writing -----------------------------------------------------------------------------
     def create(self, key: str, *, background: Executor | None = None) -> FileObjectWriter:
         path = self.path_for(key)
         try:
-            self._make_parent(path)
+            self._make_parent(path, durable=False)
         except OSError as exc:
             raise os_error(exc, f"creating the folder of object {key!r} under {self.root}") from exc
-        return FileObjectWriter(key, path, background)
+        return FileObjectWriter(key, path, background, (self.root, path.parent.parent, path.parent))
 
     def put_file(self, key: str, path: Path) -> None:
         final = self.path_for(key)

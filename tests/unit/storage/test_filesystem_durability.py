@@ -1,0 +1,163 @@
+"""What the filesystem store syncs for an object written through ``create``, and on which thread.
+
+The write rule answers Success only for a durable object: its data (``fdatasync``) and every name
+on its path (an fsync of the store's root and of both fan-out folders). With a background executor
+that work, and the write-back requests made as the data arrives, runs there and not on the thread
+that writes the bytes (the one receiving them from the network). The calls are observed by
+wrapping the real ``os.fsync``/``os.fdatasync`` and the store's ``sync_file_range``, which still run.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import uuid
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from storage import filesystem
+from storage.filesystem import FilesystemStore
+
+CHUNK = 128 * 1024
+SIZE = 3 * 1024 * 1024 + 1000  # three write-back steps of 1 MiB and a tail
+
+
+class Calls:
+    """(what, path or (path, offset, length), thread name) for every sync the store asked for."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[str, Any, str]] = []
+        self.lock = threading.Lock()
+
+    def add(self, what: str, detail: Any) -> None:
+        with self.lock:
+            self.seen.append((what, detail, threading.current_thread().name))
+
+    def of(self, what: str) -> list[tuple[Any, str]]:
+        with self.lock:
+            return [(detail, thread) for kind, detail, thread in self.seen if kind == what]
+
+
+def _fd_path(fd: int) -> str:
+    return os.readlink(f"/proc/self/fd/{fd}")
+
+
+@pytest.fixture
+def calls(monkeypatch: pytest.MonkeyPatch) -> Iterator[Calls]:
+    seen = Calls()
+    real_fsync, real_fdatasync = os.fsync, os.fdatasync
+
+    def fsync(fd: int) -> None:
+        seen.add("fsync", _fd_path(fd))
+        real_fsync(fd)
+
+    def fdatasync(fd: int) -> None:
+        seen.add("fdatasync", _fd_path(fd))
+        real_fdatasync(fd)
+
+    real_writeback = filesystem._sync_file_range()
+    assert real_writeback is not None, "sync_file_range is expected on Linux"
+
+    def writeback(fd: int, offset: int, length: int) -> None:
+        seen.add("writeback", (_fd_path(fd), offset, length))
+        real_writeback(fd, offset, length)
+
+    def sync_file_range() -> Callable[[int, int, int], None]:
+        return writeback
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "fdatasync", fdatasync)
+    monkeypatch.setattr(filesystem, "_sync_file_range", sync_file_range)
+    yield seen
+
+
+def _write(writer: filesystem.FileObjectWriter, data: bytes) -> None:
+    for start in range(0, len(data), CHUNK):
+        writer.write(data[start : start + CHUNK])
+
+
+def test_with_a_background_executor_the_writing_thread_only_writes(tmp_path: Path, calls: Calls) -> None:
+    store = FilesystemStore(tmp_path / "objects")
+    data = os.urandom(SIZE)
+    key = uuid.uuid4().hex
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="store-sync") as background:
+        writer = store.create(key, background=background)
+        _write(writer, data)
+        writer.finish()
+        writer.commit()
+    path = store.path_for(key)
+    assert path.read_bytes() == data
+
+    background_thread = {thread for _, thread in calls.of("fsync") + calls.of("fdatasync")}
+    assert len(background_thread) == 1 and next(iter(background_thread)).startswith("store-sync")
+    # Every name on the object's path, outermost first, and the object's data.
+    assert [p for p, _ in calls.of("fsync")] == [str(store.root), str(path.parent.parent), str(path.parent)]
+    assert calls.of("fdatasync") == [(str(path), *background_thread)]
+    # Write-back was asked for each MiB as it was written, in order, off the writing thread.
+    ranges = [detail for detail, thread in calls.of("writeback") if thread in background_thread]
+    assert ranges == [(str(path), offset, 1 << 20) for offset in (0, 1 << 20, 2 << 20)]
+    assert all(thread in background_thread for _, thread in calls.of("writeback"))
+
+
+def test_an_object_in_existing_folders_still_syncs_its_whole_path(tmp_path: Path, calls: Calls) -> None:
+    """The folders may have been made by another writer whose fsync has not run yet."""
+    store = FilesystemStore(tmp_path / "objects")
+    first, second = "ab00" + "0" * 28, "ab00" + "1" * 28  # the same fan-out folders
+    with ThreadPoolExecutor(max_workers=1) as background:
+        for key in (first, second):
+            writer = store.create(key, background=background)
+            writer.write(b"object " + key.encode())
+            writer.finish()
+            writer.commit()
+    folders = [str(store.root), str(store.path_for(first).parent.parent), str(store.path_for(first).parent)]
+    assert [p for p, _ in calls.of("fsync")] == folders * 2
+    assert store.path_for(second).read_bytes() == b"object " + second.encode()
+
+
+def test_without_an_executor_commit_syncs_the_same_on_the_writing_thread(
+    tmp_path: Path, calls: Calls
+) -> None:
+    store = FilesystemStore(tmp_path / "objects")
+    data = os.urandom(SIZE)
+    key = uuid.uuid4().hex
+    writer = store.create(key)
+    _write(writer, data)
+    writer.commit()
+    path = store.path_for(key)
+    assert path.read_bytes() == data
+    me = threading.current_thread().name
+    assert calls.of("fsync") == [
+        (p, me) for p in (str(store.root), str(path.parent.parent), str(path.parent))
+    ]
+    assert calls.of("fdatasync") == [(str(path), me)]
+    assert [detail for detail, _ in calls.of("writeback")] == [
+        (str(path), offset, 1 << 20) for offset in (0, 1 << 20, 2 << 20)
+    ]
+
+
+def test_abort_waits_for_a_queued_write_back_before_closing_the_object(tmp_path: Path, calls: Calls) -> None:
+    """A write-back request still queued holds the descriptor: closing it first could let the
+    request act on another file that reuses the number."""
+    store = FilesystemStore(tmp_path / "objects")
+    key = uuid.uuid4().hex
+    release = threading.Event()
+    with ThreadPoolExecutor(max_workers=1) as background:
+        writer = store.create(key, background=background)
+        background.submit(release.wait, 30)  # keeps the write-back request below queued
+        try:
+            _write(writer, os.urandom(1 << 20))
+            aborting = threading.Thread(target=writer.abort)
+            aborting.start()
+            aborting.join(0.3)
+            assert aborting.is_alive(), "abort returned with a write-back request still queued"
+            assert store.path_for(key).exists()
+        finally:
+            release.set()
+        aborting.join(10)
+        assert not aborting.is_alive()
+    assert not store.path_for(key).exists()
+    assert [detail[1:] for detail, _ in calls.of("writeback")] == [(0, 1 << 20)]
