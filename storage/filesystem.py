@@ -7,7 +7,7 @@ Durability, for both ways in:
 
 * :meth:`FilesystemStore.put_file` copies into ``.staging``, fsyncs, then gives the copy its final
   name with ``link()`` (which, unlike ``rename()``, refuses to replace an existing file, so a key is
-  never overwritten) and fsyncs the folder holding the name.
+  never overwritten) and fsyncs the folders holding the names on its path.
 * :meth:`FilesystemStore.create` writes the object where it will stay: the file is created with
   ``O_EXCL`` under its final name (its fan-out folders made first if missing), and the folders
   holding the names on its path are fsynced while the data is still arriving; writes ask the
@@ -93,11 +93,10 @@ class FileObjectWriter:
     """
 
     def __init__(
-        self, key: str, path: Path, background: Executor | None = None, folders: tuple[Path, ...] = ()
+        self, key: str, path: Path, folders: tuple[Path, ...], background: Executor | None = None
     ) -> None:
         self.key = key
         self.path = path
-        folders = folders or (path.parent,)
         try:
             self._fd: int | None = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
         except FileExistsError:
@@ -113,8 +112,6 @@ class FileObjectWriter:
         self._synced: Future[None] | None = None  # the fdatasync started by finish()
         # The names are made durable while the data arrives: on the background executor if there
         # is one (the writer's caller keeps receiving meanwhile), else now; commit() waits for it.
-        # Every object fsyncs its whole path, folders made by another writer included: that
-        # writer's fsync may not have run yet (a folder with nothing new to write fsyncs at once).
         self._named: Future[None] | None = None
         if background is not None:
             self._named = background.submit(fsync_names, folders)
@@ -197,9 +194,14 @@ class FilesystemStore:
             raise ValueError(f"invalid object key {key!r}")
         return self.root / key[0:2] / key[2:4] / key
 
-    def _make_parent(self, path: Path, *, durable: bool = True) -> None:
-        """Make the object's fan-out folders where missing. ``durable``: fsync the folder holding
-        each new one now (else the caller fsyncs the whole path, see :class:`FileObjectWriter`)."""
+    def _names(self, path: Path) -> tuple[Path, ...]:
+        """The folders holding the names on an object's path, outermost first: fsynced, all of
+        them, for every object stored, since a folder another writer just made may not be synced
+        yet (a folder with nothing new fsyncs at once)."""
+        return (self.root, path.parent.parent, path.parent)
+
+    def _make_parent(self, path: Path) -> None:
+        """Make the object's fan-out folders where missing; the caller fsyncs :meth:`_names`."""
         parent = path.parent
         if parent.is_dir():
             return
@@ -209,17 +211,15 @@ class FilesystemStore:
                     folder.mkdir()
                 except FileExistsError:
                     pass
-                if durable:  # the new folder's name must survive a crash too
-                    fsync_path(folder.parent)
 
     # -- writing -----------------------------------------------------------------------------
     def create(self, key: str, *, background: Executor | None = None) -> FileObjectWriter:
         path = self.path_for(key)
         try:
-            self._make_parent(path, durable=False)
+            self._make_parent(path)
         except OSError as exc:
             raise os_error(exc, f"creating the folder of object {key!r} under {self.root}") from exc
-        return FileObjectWriter(key, path, background, (self.root, path.parent.parent, path.parent))
+        return FileObjectWriter(key, path, self._names(path), background)
 
     def put_file(self, key: str, path: Path) -> None:
         final = self.path_for(key)
@@ -234,7 +234,7 @@ class FilesystemStore:
                 os.link(staged, final)
             except FileExistsError:
                 raise ObjectExists(key) from None
-            fsync_path(final.parent)
+            fsync_names(self._names(final))
         except (ObjectExists, FileNotFoundError):
             raise
         except OSError as exc:

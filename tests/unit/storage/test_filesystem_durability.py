@@ -140,6 +140,20 @@ def test_without_an_executor_commit_syncs_the_same_on_the_writing_thread(
     ]
 
 
+def test_put_file_syncs_the_copy_and_every_name_on_its_path(tmp_path: Path, calls: Calls) -> None:
+    store = FilesystemStore(tmp_path / "objects")
+    source = tmp_path / "source"
+    source.write_bytes(b"an object to import")
+    key = "ab00" + "2" * 28
+    store.put_file(key, source)
+    path = store.path_for(key)
+    assert path.read_bytes() == b"an object to import"
+    fsynced = [p for p, _ in calls.of("fsync")]
+    # The staged copy (its data), then the names: the folders an earlier writer may have made too.
+    assert len(fsynced) == 4 and Path(fsynced[0]).parent == store.root / ".staging"
+    assert fsynced[1:] == [str(store.root), str(path.parent.parent), str(path.parent)]
+
+
 def test_abort_waits_for_a_queued_fdatasync_before_closing_the_object(tmp_path: Path, calls: Calls) -> None:
     """A rejected object is aborted after finish() queued its fdatasync: the descriptor stays open
     until it has run (closed first, the number could be reused by another file meanwhile)."""
