@@ -3,14 +3,16 @@
 A sender such as storescu sends the next object only once the previous one is answered, so over one
 association every phase below lies on one path, one after the other, and shortening any of them
 shortens the time per instance. The script starts ``pacs serve`` (embedded pair, one worker) with
-probes wrapped around the functions that begin and end each phase, sends the 2 MB corpus of
-``bench/ingest.py`` with dcmtk's ``storescu -xe`` (``TCP_NODELAY=1``), and prints, for each phase,
-its median over the instances; ``--doc`` also writes the table into ``docs/benchmarks.md``.
+probes wrapped around the functions that begin and end each phase, sends the 2 MB (or 18 MB) corpus
+of ``bench/ingest.py`` with dcmtk's ``storescu -xe`` (``TCP_NODELAY=1``), and prints, for each phase,
+its mean and median over the instances; ``--doc`` also writes the table into ``docs/benchmarks.md``
+(a section per size).
 
 A probe appends (clock, name) to a list in the worker, written to a file once per response, after it
 is queued; the same run without probes is timed too, to show what they cost.
 
-Run: ``python bench/timeline.py [--count 320] [--doc]`` (the venv's python, from the repository root).
+Run: ``python bench/timeline.py [--size 2MB|18MB] [--count N] [--doc]`` (the venv's python, from the
+repository root).
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as a script from anywhere
     sys.path.insert(0, str(ROOT))
 
-from bench.ingest import STORESCU, corpus, listening, wait_until, warm  # noqa: E402
+from bench.ingest import DEFAULT_COUNTS, STORESCU, corpus, listening, wait_until, warm  # noqa: E402
 from bench.report import write_section  # noqa: E402
 from tests.support.net import free_port  # noqa: E402
 
@@ -232,14 +234,21 @@ def run(files: Sequence[Path], folder: Path, probed: bool) -> float:
 
 
 def render(
-    means: dict[str, float], medians: dict[str, float], counted: int, plain: float, probed: float, count: int
+    means: dict[str, float],
+    medians: dict[str, float],
+    counted: int,
+    plain: float,
+    probed: float,
+    count: int,
+    size: str = "2 MB",
 ) -> str:
     total = means["total"]
+    option = "" if size == "2 MB" else f" --size {size.replace(' ', '')}"
     rows = [
-        "## One C-STORE, phase by phase",
+        f"## One C-STORE, phase by phase ({size})",
         "",
-        "Re-run: `python bench/timeline.py --doc` (it rewrites this section).",
-        f"Last run: {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC, {count} x 2 MB over one association "
+        f"Re-run: `python bench/timeline.py{option} --doc` (it rewrites this section).",
+        f"Last run: {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC, {count} x {size} over one association "
         f"(`storescu -xe`, `TCP_NODELAY=1`), embedded pair, one worker; {counted} instances (the "
         f"first {SKIP} left out).",
         "",
@@ -273,19 +282,21 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return int(pacs_main(argv[1:]) or 0)
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
-    parser.add_argument("--count", type=int, default=320, help="2 MB instances (320)")
+    parser.add_argument("--size", choices=["2MB", "18MB"], default="2MB", help="image size (2MB)")
+    parser.add_argument("--count", type=int, help="instances (320 of 2 MB, 40 of 18 MB)")
     parser.add_argument("--doc", action="store_true", help="write the table into docs/benchmarks.md")
     args = parser.parse_args(argv)
-    files = corpus("2 MB", args.count)
+    size = {"2MB": "2 MB", "18MB": "18 MB"}[args.size]
+    files = corpus(size, args.count or DEFAULT_COUNTS[size])
     warm(files)
-    print(f"sending {len(files)} x 2 MB to pacs serve without probes, then with ...", flush=True)
+    print(f"sending {len(files)} x {size} to pacs serve without probes, then with ...", flush=True)
     plain = run(files, RESULTS / "plain", probed=False)
     probed = run(files, RESULTS / "probed", probed=True)
     means, medians, counted = analyse(RESULTS / "probed" / "marks.txt")
-    section = render(means, medians, counted, plain, probed, len(files))
+    section = render(means, medians, counted, plain, probed, len(files), size)
     print(section)
     if args.doc:
-        write_section("timeline", section)
+        write_section("timeline" if size == "2 MB" else "timeline-18mb", section)
     return 0
 
 
