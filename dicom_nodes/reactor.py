@@ -21,7 +21,7 @@ their meaning with that resolution; a kill wakes the loop it ends at once. Every
 pynetdicom's loop as it is: the state machine, the order of checks, the handling of an exception
 in the DUL (the socket is closed too), and the pause protocol of the ``send_*`` methods (the
 reactor is marked paused while it waits, and never reads a message while the checkpoint is
-cleared; see :func:`dicom_nodes.transport._keep_reactor_off_responses`).
+cleared; see :func:`dicom_nodes.transport.keep_reactor_off_responses`).
 """
 
 from __future__ import annotations

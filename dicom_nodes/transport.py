@@ -151,7 +151,7 @@ def tune(assoc: Association, send_window: int = SEND_WINDOW) -> None:
                     holder.socket.settimeout(assoc.network_timeout)
             except OSError:  # already closed by the peer: nothing left to send on it
                 pass
-    _keep_reactor_off_responses(assoc)
+    keep_reactor_off_responses(assoc)
     dul = assoc.dul
     if not isinstance(dul.to_provider_queue, _SendWindow):
         alive = lambda: dul.is_alive() and not dul._kill_thread  # noqa: E731
@@ -160,7 +160,11 @@ def tune(assoc: Association, send_window: int = SEND_WINDOW) -> None:
         dul.to_provider_queue = window
 
 
-def _keep_reactor_off_responses(assoc: Association) -> None:
+def keep_reactor_off_responses(assoc: Association) -> None:
+    """pynetdicom's reactor thread checks its checkpoint, then reads the next DIMSE message; a
+    ``send_*`` call that clears the checkpoint in between may lose its response to the reactor
+    (logged as "Received unexpected ... service message"). Here the reactor's non-blocking read
+    finds nothing while the checkpoint is cleared. Part of :func:`tune`; idempotent."""
     dimse = assoc.dimse
     if getattr(dimse, "_reactor_guard", False):
         return

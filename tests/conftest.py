@@ -203,6 +203,28 @@ def web(archive: Archive) -> Iterator[RunningWeb]:
         yield running
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _client_associations_guarded() -> Iterator[None]:
+    """Every association a test opens with pynetdicom's ``AE.associate`` gets the guard the archive
+    gives its own (``dicom_nodes.transport.keep_reactor_off_responses``): stock pynetdicom's reactor
+    thread can take the response a ``send_c_find`` or ``send_c_store`` waits for when the machine is
+    loaded, and the test then fails for a client bug, not for anything the archive did."""
+    from pynetdicom import AE
+
+    from dicom_nodes.transport import keep_reactor_off_responses
+
+    associate = AE.associate
+
+    def guarded(self: AE, *args: Any, **kwargs: Any) -> Any:
+        assoc = associate(self, *args, **kwargs)
+        keep_reactor_off_responses(assoc)
+        return assoc
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(AE, "associate", guarded)
+        yield
+
+
 @pytest.fixture(autouse=True)
 def _pydicom_validation_modes_restored() -> Iterator[None]:
     """dicomweb-client's file client sets pydicom's process-wide validation modes to RAISE and does
