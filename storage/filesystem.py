@@ -7,10 +7,10 @@ Durability, for both ways in:
 
 * :meth:`FilesystemStore.put_file` copies into ``.staging``, fsyncs, then gives the copy its final
   name with ``link()`` (which, unlike ``rename()``, refuses to replace an existing file, so a key is
-  never overwritten) and fsyncs the folders holding the names on its path.
+  never overwritten) and makes every name on its path durable (:meth:`FilesystemStore._sync_names`).
 * :meth:`FilesystemStore.create` writes the object where it will stay: the file is created with
-  ``O_EXCL`` under its final name (its fan-out folders made first if missing), and the folders
-  holding the names on its path are fsynced while the data is still arriving; writes ask the
+  ``O_EXCL`` under its final name (its fan-out folders made first if missing), and every name on
+  its path is made durable while the data is still arriving; writes ask the
   kernel to start writing back as they go (``sync_file_range``), and
   :meth:`FileObjectWriter.finish` starts the final ``fdatasync`` as soon as the last byte is in,
   while the archive checks the object; :meth:`FileObjectWriter.commit` waits for all of it. With a
@@ -30,11 +30,12 @@ import datetime as dt
 import os
 import re
 import shutil
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import Executor, Future
-from functools import cache
+from functools import cache, partial
 from pathlib import Path
 from typing import BinaryIO
 
@@ -43,6 +44,9 @@ from storage.base import ObjectExists, ObjectInfo, ObjectNotFound, StorageError,
 _KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{3,199}$")
 _STAGING = ".staging"
 _WRITEBACK_STEP = 1 << 20  # start write-back for every MiB written
+#: Fan-out folders remembered as durable; beyond that the memory starts again (a day's objects
+#: use one first-level folder and at most 256 second-level ones).
+_DURABLE_REMEMBERED = 4096
 #: Below this much free space the store reports itself unavailable (:meth:`FilesystemStore.check`):
 #: no image of any size fits any more, and the index beside it may need the room.
 LOW_SPACE = 1 << 20
@@ -55,12 +59,6 @@ def fsync_path(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-def fsync_names(folders: tuple[Path, ...]) -> None:
-    """fsync each folder, outermost first: the names along an object's path made durable."""
-    for folder in folders:
-        fsync_path(folder)
 
 
 @cache
@@ -87,13 +85,13 @@ def _sync_file_range() -> Callable[[int, int, int], None] | None:
 class FileObjectWriter:
     """A new object written in place under its final name (see the module docstring).
 
-    ``folders``: the folders whose names lead to the object, outermost first, each fsynced before
-    the commit returns (the store's root and the two fan-out levels). ``background``: an executor
-    for the fsyncs; the descriptor stays open until the ``fdatasync`` queued there has run.
+    ``sync_names``: makes every name on the object's path durable (:meth:`FilesystemStore._sync_names`),
+    done before the commit returns. ``background``: an executor for the fsyncs; the descriptor stays
+    open until the ``fdatasync`` queued there has run.
     """
 
     def __init__(
-        self, key: str, path: Path, folders: tuple[Path, ...], background: Executor | None = None
+        self, key: str, path: Path, sync_names: Callable[[], None], background: Executor | None = None
     ) -> None:
         self.key = key
         self.path = path
@@ -114,10 +112,10 @@ class FileObjectWriter:
         # is one (the writer's caller keeps receiving meanwhile), else now; commit() waits for it.
         self._named: Future[None] | None = None
         if background is not None:
-            self._named = background.submit(fsync_names, folders)
+            self._named = background.submit(sync_names)
         else:
             try:
-                fsync_names(folders)
+                sync_names()
             except OSError as exc:
                 self.abort()
                 raise os_error(exc, f"creating object {key!r} in {path.parent}") from exc
@@ -183,6 +181,9 @@ class FilesystemStore:
         self.root = Path(root).absolute()
         self.location = f"file://{self.root}"
         self._staging = self.root / _STAGING
+        # Fan-out folders whose names this process has made durable (see _sync_names).
+        self._durable: set[Path] = set()
+        self._durable_lock = threading.Lock()
         try:
             self._staging.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -194,14 +195,25 @@ class FilesystemStore:
             raise ValueError(f"invalid object key {key!r}")
         return self.root / key[0:2] / key[2:4] / key
 
-    def _names(self, path: Path) -> tuple[Path, ...]:
-        """The folders holding the names on an object's path, outermost first: fsynced, all of
-        them, for every object stored, since a folder another writer just made may not be synced
-        yet (a folder with nothing new fsyncs at once)."""
-        return (self.root, path.parent.parent, path.parent)
+    def _sync_names(self, path: Path) -> None:
+        """Make every name on the path to the object at ``path`` durable: its own (an fsync of
+        its folder, always) and those of its two fan-out folders, each by an fsync of the folder
+        holding it unless this process has done that since it saw the folder exist. Whoever made a
+        folder, another writer or another process, its name is durable once this returns; a
+        folder is fsynced again only when there is something new in it."""
+        level2 = path.parent
+        level1 = level2.parent
+        for folder, holder in ((level1, self.root), (level2, level1)):
+            if folder not in self._durable:
+                fsync_path(holder)
+                with self._durable_lock:
+                    if len(self._durable) >= _DURABLE_REMEMBERED:  # old days' folders: forget them
+                        self._durable.clear()
+                    self._durable.add(folder)
+        fsync_path(level2)
 
     def _make_parent(self, path: Path) -> None:
-        """Make the object's fan-out folders where missing; the caller fsyncs :meth:`_names`."""
+        """Make the object's fan-out folders where missing; the caller syncs :meth:`_sync_names`."""
         parent = path.parent
         if parent.is_dir():
             return
@@ -219,7 +231,7 @@ class FilesystemStore:
             self._make_parent(path)
         except OSError as exc:
             raise os_error(exc, f"creating the folder of object {key!r} under {self.root}") from exc
-        return FileObjectWriter(key, path, self._names(path), background)
+        return FileObjectWriter(key, path, partial(self._sync_names, path), background)
 
     def put_file(self, key: str, path: Path) -> None:
         final = self.path_for(key)
@@ -234,7 +246,11 @@ class FilesystemStore:
                 os.link(staged, final)
             except FileExistsError:
                 raise ObjectExists(key) from None
-            fsync_names(self._names(final))
+            try:
+                self._sync_names(final)
+            except OSError:  # not durable, and the caller will not know the key: not kept
+                final.unlink(missing_ok=True)
+                raise
         except (ObjectExists, FileNotFoundError):
             raise
         except OSError as exc:

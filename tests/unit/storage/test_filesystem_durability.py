@@ -9,6 +9,7 @@ network), which only asks for write-back as it goes. The calls are observed by w
 
 from __future__ import annotations
 
+import errno
 import os
 import threading
 import uuid
@@ -19,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from storage import filesystem
+from storage import StorageError, filesystem
 from storage.filesystem import FilesystemStore
 
 CHUNK = 128 * 1024
@@ -104,19 +105,134 @@ def test_with_a_background_executor_the_writing_thread_does_not_wait_for_fsyncs(
     assert calls.of("writeback") == [((str(path), offset, 1 << 20), me) for offset in (0, 1 << 20, 2 << 20)]
 
 
-def test_an_object_in_existing_folders_still_syncs_its_whole_path(tmp_path: Path, calls: Calls) -> None:
-    """The folders may have been made by another writer whose fsync has not run yet."""
+def _store_one(store: FilesystemStore, key: str, background: ThreadPoolExecutor) -> None:
+    writer = store.create(key, background=background)
+    writer.write(b"object " + key.encode())
+    writer.finish()
+    writer.commit()
+
+
+def test_a_folder_is_synced_again_only_for_what_is_new_in_it(tmp_path: Path, calls: Calls) -> None:
+    """A second object in the same folders: only the folder holding its own name is fsynced."""
     store = FilesystemStore(tmp_path / "objects")
     first, second = "ab00" + "0" * 28, "ab00" + "1" * 28  # the same fan-out folders
+    level2 = store.path_for(first).parent
     with ThreadPoolExecutor(max_workers=1) as background:
-        for key in (first, second):
-            writer = store.create(key, background=background)
-            writer.write(b"object " + key.encode())
-            writer.finish()
-            writer.commit()
-    folders = [str(store.root), str(store.path_for(first).parent.parent), str(store.path_for(first).parent)]
-    assert [p for p, _ in calls.of("fsync")] == folders * 2
+        _store_one(store, first, background)
+        _store_one(store, second, background)
+        _store_one(store, third := "ab01" + "2" * 28, background)  # a new folder beside them
+    assert [p for p, _ in calls.of("fsync")] == [
+        *(str(store.root), str(level2.parent), str(level2)),
+        str(level2),
+        *(str(level2.parent), str(store.path_for(third).parent)),
+    ]
     assert store.path_for(second).read_bytes() == b"object " + second.encode()
+
+
+def test_folders_another_process_made_are_made_durable_before_the_object(
+    tmp_path: Path, calls: Calls
+) -> None:
+    """Whoever made the fan-out folders may not have synced their names yet: a process that finds
+    them fsyncs the folders holding them before its first object there is committed."""
+    root = tmp_path / "objects"
+    key = "ab00" + "3" * 28
+    os.makedirs(root / "ab" / "00")  # as another process would, the moment before
+    store = FilesystemStore(root)
+    with ThreadPoolExecutor(max_workers=1) as background:
+        _store_one(store, key, background)
+    assert [p for p, _ in calls.of("fsync")] == [str(root), str(root / "ab"), str(root / "ab" / "00")]
+
+
+def test_commit_waits_until_the_names_are_durable(
+    tmp_path: Path, calls: Calls, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The data's fdatasync may finish first (two store threads here): commit still waits for the
+    fsync of the folder holding the object's name."""
+    store = FilesystemStore(tmp_path / "objects")
+    key = uuid.uuid4().hex
+    level2 = str(store.path_for(key).parent)
+    release = threading.Event()
+    spied_fsync = os.fsync
+
+    def held_fsync(fd: int) -> None:
+        if _fd_path(fd) == level2:
+            release.wait(30)
+        spied_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", held_fsync)
+    with ThreadPoolExecutor(max_workers=2) as background:
+        writer = store.create(key, background=background)
+        try:
+            writer.write(b"data")
+            writer.finish()
+            committing = threading.Thread(target=writer.commit)
+            committing.start()
+            committing.join(0.3)
+            assert committing.is_alive(), "commit returned before the object's name was durable"
+        finally:
+            release.set()
+        committing.join(10)
+        assert not committing.is_alive()
+    assert [p for p, _ in calls.of("fsync")][-1] == level2
+
+
+@pytest.mark.parametrize("background", [False, True], ids=["inline", "background-executor"])
+def test_a_failed_folder_fsync_fails_the_commit_and_keeps_nothing(
+    tmp_path: Path, calls: Calls, monkeypatch: pytest.MonkeyPatch, background: bool
+) -> None:
+    store = FilesystemStore(tmp_path / "objects")
+    key = uuid.uuid4().hex
+    spied_fsync = os.fsync
+
+    def failing_fsync(fd: int) -> None:
+        if _fd_path(fd) == str(store.root):
+            raise OSError(errno.EIO, "Input/output error")
+        spied_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", failing_fsync)
+    executor = ThreadPoolExecutor(max_workers=1) if background else None
+    try:
+        if executor is None:  # inline, the names are synced when the object is created
+            with pytest.raises(StorageError, match=key):
+                store.create(key)
+        else:
+            writer = store.create(key, background=executor)
+            writer.write(b"data")
+            writer.finish()
+            with pytest.raises(StorageError, match=key):
+                writer.commit()
+            writer.abort()
+    finally:
+        if executor is not None:
+            executor.shutdown()
+    assert not store.path_for(key).exists()
+    # Nothing was remembered as durable: the next object tries again.
+    monkeypatch.setattr(os, "fsync", spied_fsync)
+    with ThreadPoolExecutor(max_workers=1) as again:
+        _store_one(store, key2 := uuid.uuid4().hex, again)
+    assert store.path_for(key2).exists()
+    assert str(store.root) in [p for p, _ in calls.of("fsync")]
+
+
+def test_put_file_keeps_nothing_when_a_name_cannot_be_made_durable(
+    tmp_path: Path, calls: Calls, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = FilesystemStore(tmp_path / "objects")
+    source = tmp_path / "source"
+    source.write_bytes(b"an object to import")
+    key = uuid.uuid4().hex
+    spied_fsync = os.fsync
+
+    def failing_fsync(fd: int) -> None:
+        if _fd_path(fd) == str(store.path_for(key).parent):
+            raise OSError(errno.EIO, "Input/output error")
+        spied_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", failing_fsync)
+    with pytest.raises(StorageError, match=key):
+        store.put_file(key, source)
+    assert not store.path_for(key).exists()
+    assert list((store.root / ".staging").iterdir()) == []
 
 
 def test_without_an_executor_commit_syncs_the_same_on_the_writing_thread(
