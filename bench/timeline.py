@@ -125,8 +125,11 @@ def probed_serve(argv: Sequence[str]) -> None:
 
 #: (phase, the mark it ends at); each phase starts where the one before ended, so their means add up
 #: to the time per instance. "*" picks the mark's last occurrence in the instance, else its first.
+#: An instance runs from one response being made to the next: the start of making it is the one
+#: mark no mark of the next instance can precede (the end of queueing it can, when the association
+#: thread is held up after the response has already gone out).
 PHASES = [
-    ("sender: from the response to the next command", "Evt10>"),
+    ("response encoded and sent; the sender's turnaround to the next command", "Evt10>"),
     ("command PDU: pynetdicom decodes the C-STORE-RQ, the object is created", "Evt10<"),
     ("first data set PDU read", "pdu<"),
     ("the other data set PDUs, written and queued for hashing", "pdu<*"),
@@ -138,8 +141,7 @@ PHASES = [
     ("object made durable (commit)", "commit<"),
     ("index values and DICOM JSON", "describe<"),
     ("index transaction", "record<"),
-    ("log line, metrics, audit, status", "respond>"),
-    ("response encoded and queued", "respond<*"),
+    ("log line, metrics, audit, status", "respond>*"),
 ]
 #: Parts of a phase above, shown indented: (label, start mark, end mark).
 PARTS = {
@@ -153,7 +155,7 @@ PARTS = {
 
 def cycles(lines: Sequence[tuple[int, str]]) -> list[list[tuple[int, str]]]:
     """The marks from one response to the next: one instance each."""
-    ends = [i for i, (_, name) in enumerate(lines) if name == "respond<"]
+    ends = [i for i, (_, name) in enumerate(lines) if name == "respond>"]
     return [list(lines[a : b + 1]) for a, b in zip(ends, ends[1:], strict=False)]
 
 
@@ -169,7 +171,7 @@ def phase_times(cycle: list[tuple[int, str]]) -> dict[str, float] | None:
         return (last if mark.endswith("*") else first).get(mark.rstrip("*"))
 
     times: dict[str, float] = {}
-    begin = cycle[0][0]  # the previous response queued
+    begin = cycle[0][0]  # the previous response being made
     for label, mark in PHASES:
         end = at(mark)
         if end is None or end < begin:
@@ -191,6 +193,9 @@ def analyse(path: Path) -> tuple[dict[str, float], dict[str, float], int]:
     for row in path.read_text().splitlines():
         t, name = row.split(" ", 1)
         lines.append((int(t), name))
+    # Threads append their marks as they go: two marks made at nearly the same time by two threads
+    # may be written in either order.
+    lines.sort()
     per_instance = [p for p in (phase_times(c) for c in cycles(lines)[SKIP:]) if p is not None]
     if not per_instance:
         raise RuntimeError(f"no complete instance in {path}")
@@ -229,7 +234,11 @@ def run(files: Sequence[Path], folder: Path, probed: bool) -> float:
                 raise RuntimeError(f"storescu exited with {code}: see {folder / 'storescu.log'}")
         finally:
             server.send_signal(signal.SIGTERM)
-            server.wait(60)
+            try:
+                server.wait(60)
+            except subprocess.TimeoutExpired:
+                server.kill()
+                server.wait()
     return seconds
 
 
