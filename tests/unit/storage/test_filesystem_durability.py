@@ -1,7 +1,8 @@
 """What the filesystem store syncs for an object written through ``create``, and on which thread.
 
 The write rule answers Success only for a durable object: its data (``fdatasync``) and every name
-on its path (an fsync of the store's root and of both fan-out folders). With a background executor
+on its path (an fsync of the folder holding its name, and of the folders holding its fan-out
+folders' names until the process has made those durable once). With a background executor
 the fsyncs run there, not on the thread that writes the bytes (the one receiving them from the
 network), which only asks for write-back as it goes. The calls are observed by wrapping the real
 ``os.fsync``/``os.fdatasync`` and the store's ``sync_file_range``, which still run.
