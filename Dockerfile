@@ -8,11 +8,13 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 
+# Every package pyproject.toml lists (tests/unit/test_dockerfile.py checks that none is missing).
 COPY pyproject.toml README.md /tmp/src/
 COPY storage /tmp/src/storage
 COPY pacs /tmp/src/pacs
 COPY dicom_nodes /tmp/src/dicom_nodes
 COPY api /tmp/src/api
+COPY viewer /tmp/src/viewer
 RUN pip install /tmp/src && rm -rf /tmp/src
 
 RUN useradd --system --uid 10001 --user-group --home-dir /var/lib/pacs --shell /usr/sbin/nologin pacs \
