@@ -15,6 +15,12 @@ SOP class with no supported syntax is rejected with 0x04, an unknown one with 0x
 pynetdicom 3.0 calls ``pynetdicom.acse.negotiate_as_acceptor``; :func:`install` replaces that
 name for the process (the dependency is pinned; ``tests/integration/test_dcmtk_store.py`` checks
 the order with real senders).
+
+A refused context does not refuse the association: a device whose SOP class or transfer syntaxes
+the archive lacks associates, then has nothing it may send, and pynetdicom says nothing about it.
+:func:`log_refused_contexts` (bound to ``EVT_ACCEPTED``) logs one warning per such association
+naming the peer, each refused abstract syntax and why, the operator's only clue why its images
+never arrive.
 """
 
 from __future__ import annotations
@@ -23,12 +29,18 @@ import logging
 from typing import Any
 
 import pynetdicom.acse
-from pydicom.uid import ImplicitVRLittleEndian
+from pydicom.uid import UID, ImplicitVRLittleEndian
+from pynetdicom.events import Event
 from pynetdicom.presentation import PresentationContext, negotiate_as_acceptor
 
 log = logging.getLogger(__name__)
 _original = negotiate_as_acceptor
 _NO_ABSTRACT_SYNTAX = "2.25.0"  # stands for a missing abstract syntax in the reply
+
+# Presentation context results of refused contexts, PS3.8 Table 9-18.
+_USER_REJECTION = 0x01  # pynetdicom: no SCU/SCP role both sides can take
+_PROVIDER_REJECTION = 0x02  # _rejected(): a malformed item
+_TRANSFER_SYNTAXES_NOT_SUPPORTED = 0x04
 
 
 def negotiate_in_sender_order(
@@ -60,7 +72,7 @@ def _rejected(requested: PresentationContext) -> PresentationContext:
     context.context_id = requested.context_id
     context.abstract_syntax = requested.abstract_syntax or _NO_ABSTRACT_SYNTAX
     context.transfer_syntax = [ImplicitVRLittleEndian]  # present in the reply, its value ignored
-    context.result = 0x02  # provider rejection, no reason given (PS3.8 Table 9-18)
+    context.result = _PROVIDER_REJECTION  # no reason given
     return context
 
 
@@ -75,6 +87,42 @@ def _in_sender_order(ours: PresentationContext, requested: PresentationContext) 
     context.scu_role = ours.scu_role
     context.scp_role = ours.scp_role
     return context
+
+
+def log_refused_contexts(event: Event) -> None:
+    """``EVT_ACCEPTED``: one warning for an association accepted with refused contexts, none when
+    every context was accepted. A SOP class proposed in several contexts is named once per reason."""
+    assoc = event.assoc
+    refused = assoc.rejected_contexts
+    if not refused:
+        return
+    proposed = {cx.context_id: cx.transfer_syntax for cx in assoc.requestor.requested_contexts}
+    reasons = dict.fromkeys(_why(cx, proposed.get(cx.context_id, [])) for cx in refused)
+    log.warning(
+        "association from %s@%s accepted with %d of %d presentation contexts refused; %s",
+        (assoc.requestor.ae_title or "").strip(),
+        assoc.requestor.address,
+        len(refused),
+        len(refused) + len(assoc.accepted_contexts),
+        "; ".join(reasons),
+    )
+
+
+def _why(context: PresentationContext, offered: list[UID]) -> str:
+    if context.result == _PROVIDER_REJECTION:  # its abstract syntax may be missing: name the context
+        return f"context {context.context_id}: malformed"
+    sop_class = _named(str(context.abstract_syntax))
+    if context.result == _TRANSFER_SYNTAXES_NOT_SUPPORTED:
+        return f"{sop_class}: no acceptable transfer syntax among {', '.join(_named(ts) for ts in offered)}"
+    if context.result == _USER_REJECTION:
+        return f"{sop_class}: no SCU/SCP role the archive can take"
+    return f"{sop_class}: abstract syntax not supported"
+
+
+def _named(uid: str) -> str:
+    """``uid`` with its pydicom name, when pydicom knows one."""
+    name = UID(uid).name
+    return f"{uid} ({name})" if name != uid else uid
 
 
 def install() -> None:

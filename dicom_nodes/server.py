@@ -186,6 +186,7 @@ class DicomNode:
         policy = AssociationPolicy(settings.allowed_peers, limiter)
         handlers = [
             *policy.handlers(),
+            (evt.EVT_ACCEPTED, negotiation.log_refused_contexts),
             (evt.EVT_CONN_CLOSE, spooler.on_connection_closed),
             *guard(registry.handlers, spooler, archive.audit),
         ]

@@ -76,13 +76,11 @@ def handle_store(event: Event, ingest: IngestService, spooler: Spooler) -> Datas
 
 
 def _failure(status: int, exc: Exception, ctx: CallerContext, uid: str) -> Dataset:
-    log.warning("C-STORE of %s from %s refused (0x%04X): %s", uid, ctx.describe(), status, exc)
-    message = str(exc)
-    # The UID is already in the response's Affected SOP Instance UID; keep the reason.
-    prefix = f"{uid}: "
-    if message.startswith(prefix):
-        message = message[len(prefix) :]
-    return _status(status, message)
+    """Log and answer a refusal, the reason without the UID it often starts with: the log line
+    names the instance first, and the response carries it as Affected SOP Instance UID."""
+    reason = str(exc).removeprefix(f"{uid}: ")
+    log.warning("C-STORE of %s from %s refused (0x%04X): %s", uid, ctx.describe(), status, reason)
+    return _status(status, reason)
 
 
 def _status(status: int, comment: str | None = None) -> Dataset:

@@ -1,8 +1,10 @@
 """C-STORE of data the archive must refuse, of re-sends, and of transfers cut short.
 
 The rule under test (docs/architecture.md, "Storing an instance"): Success only for data that is
-durable and indexed; anything refused gets a failure status whose Error Comment says why, and leaves
-neither an index row nor an object behind; one bad instance never stops the node from serving.
+durable and indexed; anything refused gets a failure status whose Error Comment says why and a
+warning in the log that names the instance, the peer and the reason, and leaves neither an index row
+nor an object behind; one bad instance never stops the node from serving. The node runs in this
+process (``dicom_node``), so its log lines are read with ``caplog``.
 pynetdicom's chunked send (``_config.STORE_SEND_CHUNKED_DATASET``) puts the dataset bytes of a file on
 the wire exactly as they are, so malformed datasets can be sent.
 """
@@ -10,6 +12,7 @@ the wire exactly as they are, so malformed datasets can be sent.
 from __future__ import annotations
 
 import gc
+import logging
 import socket
 import threading
 import time
@@ -26,20 +29,26 @@ from pydicom.uid import (
     CTImageStorage,
     DigitalXRayImageStorageForPresentation,
     ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    JPIPHTJ2KReferenced,
     MultiFrameGrayscaleWordSecondaryCaptureImageStorage,
 )
 from pynetdicom import AE, _config, evt
 from pynetdicom.association import Association
 from pynetdicom.dsutils import create_file_meta, encode
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from pacs.archive import Archive
 from tests.conftest import RunningNode
 from tests.support.factories import diconde_dx, large_multiframe_file
+from tests.support.stores import contents
 
 SUCCESS = 0x0000
 DATA_SET_DOES_NOT_MATCH_SOP_CLASS = 0xA900
 UNKNOWN_ABSTRACT_SYNTAX = "1.2.3.4.5.6"
-ABSTRACT_SYNTAX_NOT_SUPPORTED = 0x03  # presentation context result, PS3.8 9.3.3.2
+ABSTRACT_SYNTAX_NOT_SUPPORTED = 0x03  # presentation context results, PS3.8 9.3.3.2
+TRANSFER_SYNTAXES_NOT_SUPPORTED = 0x04
+JPIP = JPIPHTJ2KReferenced  # pixel data on another server: a syntax the archive never stores
 
 
 @pytest.fixture(autouse=True)
@@ -92,7 +101,8 @@ def scu(dicom_node: RunningNode) -> Iterator[Association]:
 
 
 def objects(archive: Archive) -> list[str]:
-    return sorted(info.key for info in archive.store.iter_objects())
+    """Stored object keys and staged files (tests.support.stores): a refused store leaves neither."""
+    return sorted(contents(archive.store))
 
 
 def assert_nothing_kept(archive: Archive) -> None:
@@ -153,13 +163,18 @@ REFUSED = {
 }
 
 
+def warnings_of(caplog: pytest.LogCaptureFixture, logger: str) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name == logger and r.levelno >= logging.WARNING]
+
+
 @pytest.mark.parametrize("case", list(REFUSED))
 def test_refused_dataset_leaves_nothing_and_node_keeps_storing(
-    archive: Archive, scu: Association, tmp_path: Path, case: str
+    archive: Archive, scu: Association, tmp_path: Path, case: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     make, sop_class, expected, words = REFUSED[case]
     dataset, uid = make(diconde_dx(rows=32, columns=32, part_id="BAD-1"))
     path = crafted(tmp_path / "bad.dcm", dataset, sop_instance=uid, sop_class=sop_class)
+    caplog.set_level(logging.WARNING, logger="dicom_nodes.store")
 
     rsp = scu.send_c_store(path)
 
@@ -170,6 +185,12 @@ def test_refused_dataset_leaves_nothing_and_node_keeps_storing(
         assert status == expected, f"0x{status:04X} {comment}"
     for word in words:
         assert word in comment, f"Error Comment {comment!r} does not name the problem ({word!r})"
+    # The handler logs before it answers: the line is there once the response is.
+    [line] = [m for m in warnings_of(caplog, "dicom_nodes.store") if uid in m]
+    assert "FAILING_SCU@127.0.0.1" in line, line
+    assert f"(0x{status:04X})" in line, line
+    for word in words:
+        assert word in line, f"log line {line!r} does not name the problem ({word!r})"
     assert_nothing_kept(archive)
 
     # The same association goes on storing.
@@ -181,24 +202,58 @@ def test_refused_dataset_leaves_nothing_and_node_keeps_storing(
 
 
 def test_unknown_sop_class_context_is_rejected_and_known_one_accepted(
-    archive: Archive, dicom_node: RunningNode, tmp_path: Path
+    archive: Archive, dicom_node: RunningNode, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level(logging.WARNING, logger="dicom_nodes.negotiation")
     ae = AE(ae_title="MIXED_SCU")
     ae.add_requested_context(UNKNOWN_ABSTRACT_SYNTAX, [ExplicitVRLittleEndian])
+    ae.add_requested_context(UNKNOWN_ABSTRACT_SYNTAX, [ImplicitVRLittleEndian])
     ae.add_requested_context(DigitalXRayImageStorageForPresentation, [ExplicitVRLittleEndian])
+    ae.add_requested_context(CTImageStorage, [JPIP])
     assoc = ae.associate(dicom_node.host, dicom_node.port, ae_title=dicom_node.ae_title)
     try:
         assert assoc.is_established
         assert [str(cx.abstract_syntax) for cx in assoc.accepted_contexts] == [
             DigitalXRayImageStorageForPresentation
         ]
-        [rejected] = assoc.rejected_contexts
-        assert str(rejected.abstract_syntax) == UNKNOWN_ABSTRACT_SYNTAX
-        assert rejected.result == ABSTRACT_SYNTAX_NOT_SUPPORTED
+        results = {(str(cx.abstract_syntax), cx.result) for cx in assoc.rejected_contexts}
+        assert results == {
+            (UNKNOWN_ABSTRACT_SYNTAX, ABSTRACT_SYNTAX_NOT_SUPPORTED),
+            (CTImageStorage, TRANSFER_SYNTAXES_NOT_SUPPORTED),
+        }
         good, _ = good_file(tmp_path)
+        # Negotiation runs, and its log line is written, before the association serves a request.
         assert assoc.send_c_store(good).Status == SUCCESS
     finally:
         assoc.release()
+
+    # One line for the association, not one per refused context, naming who and what and why.
+    [line] = warnings_of(caplog, "dicom_nodes.negotiation")
+    assert "MIXED_SCU@127.0.0.1" in line, line
+    assert "3 of 4 presentation contexts refused" in line, line
+    assert f"{UNKNOWN_ABSTRACT_SYNTAX}: abstract syntax not supported" in line, line
+    assert line.count(UNKNOWN_ABSTRACT_SYNTAX) == 1, line
+    wrong_syntax = f"{CTImageStorage} (CT Image Storage): no acceptable transfer syntax among {JPIP}"
+    assert f"{wrong_syntax} (JPIP HTJ2K Referenced)" in line, line
+    assert DigitalXRayImageStorageForPresentation not in line, line
+
+
+def test_fully_accepted_association_logs_no_refused_context(
+    dicom_node: RunningNode, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="dicom_nodes.negotiation")
+    ae = AE(ae_title="GOOD_SCU")
+    ae.add_requested_context(Verification, [ExplicitVRLittleEndian])
+    ae.add_requested_context(DigitalXRayImageStorageForPresentation, [ExplicitVRLittleEndian])
+    assoc = ae.associate(dicom_node.host, dicom_node.port, ae_title=dicom_node.ae_title)
+    try:
+        assert assoc.is_established
+        assert not assoc.rejected_contexts
+        assert assoc.send_c_echo().Status == SUCCESS  # negotiation is over on the archive's side
+    finally:
+        assoc.release()
+
+    assert warnings_of(caplog, "dicom_nodes.negotiation") == []
 
 
 # -- re-sends --------------------------------------------------------------------------------------
