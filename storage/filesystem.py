@@ -3,23 +3,25 @@
 Layout: ``ROOT/ab/cd/abcd…`` (two fan-out levels from the key, so no folder holds more than a few
 thousand entries even at tens of millions of objects) and ``ROOT/.staging`` for copies in flight.
 
-Durability, for both ways in:
+Durability, for both ways in, the same steps: the bytes go to a file in ``ROOT/.staging``, are
+fsynced, the file gets its final name with ``link()`` (which, unlike ``rename()``, refuses to replace
+an existing file, so a key is never overwritten), and every name on its path is made durable
+(:meth:`FilesystemStore._sync_names`). A final name therefore only ever names a whole object whose
+data is durable.
 
-* :meth:`FilesystemStore.put_file` copies into ``.staging``, fsyncs, then gives the copy its final
-  name with ``link()`` (which, unlike ``rename()``, refuses to replace an existing file, so a key is
-  never overwritten) and makes every name on its path durable (:meth:`FilesystemStore._sync_names`).
-* :meth:`FilesystemStore.create` writes the object where it will stay: the file is created with
-  ``O_EXCL`` under its final name (its fan-out folders made first if missing), and every name on
-  its path is made durable while the data is still arriving; writes ask the
-  kernel to start writing back as they go (``sync_file_range``), and
-  :meth:`FileObjectWriter.finish` starts the final ``fdatasync`` as soon as the last byte is in,
-  while the archive checks the object; :meth:`FileObjectWriter.commit` waits for all of it. With a
-  background executor (the ingest service gives one) the fsyncs run there, so the thread receiving
-  the data does not wait for them. This is the path of every C-STORE: the durability cost overlaps
-  the network transfer and the checks instead of following them.
+* :meth:`FilesystemStore.put_file` (``pacs import``) copies a file that way.
+* :meth:`FilesystemStore.create` (every C-STORE and STOW-RS part) writes the bytes as they arrive;
+  writes ask the kernel to start writing back as they go (``sync_file_range``), the fan-out
+  folders' names are made durable while the data is still arriving, and
+  :meth:`FileObjectWriter.finish` starts the ``fdatasync``, the link and the fsync of the folder
+  holding the new name as soon as the last byte is in, while the archive checks the object;
+  :meth:`FileObjectWriter.commit` waits for all of it. With a background executor (the ingest
+  service gives one) the fsyncs run there, so the thread receiving the data does not wait for them
+  and the durability cost overlaps the network transfer and the checks instead of following them.
 
-A crash leaves whole objects, and at worst a partial object under a key no index row names, which
-``pacs fsck`` reports as unreferenced.
+A crash leaves whole objects, at worst one under a key no index row names (a crash between its
+link and the index commit), which ``pacs fsck`` reports as unreferenced, and copies in
+``.staging``, which :meth:`FilesystemStore.sweep_staging` removes.
 """
 
 from __future__ import annotations
@@ -83,42 +85,48 @@ def _sync_file_range() -> Callable[[int, int, int], None] | None:
 
 
 class FileObjectWriter:
-    """A new object written in place under its final name (see the module docstring).
+    """A new object written to a staging file, given its final name once whole and durable (see
+    the module docstring).
 
-    ``sync_names``: makes every name on the object's path durable (:meth:`FilesystemStore._sync_names`),
-    done before the commit returns. ``background``: an executor for the fsyncs; the descriptor stays
-    open until the ``fdatasync`` queued there has run.
+    ``path``: the staging file (the bytes written so far, readable until commit or abort).
+    ``sync_folders``: makes the names of the object's fan-out folders durable; run on
+    ``background`` while the data arrives if there is one (else now), waited for by commit.
+    ``background``: an executor for the fsyncs and the link; the descriptor stays open until the
+    work queued there has run.
     """
 
     def __init__(
-        self, key: str, path: Path, sync_names: Callable[[], None], background: Executor | None = None
+        self,
+        key: str,
+        path: Path,
+        final: Path,
+        sync_folders: Callable[[], None],
+        background: Executor | None = None,
     ) -> None:
         self.key = key
         self.path = path
+        self._final = final
         try:
             self._fd: int | None = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
-        except FileExistsError:
-            raise ObjectExists(key) from None
         except OSError as exc:
             raise os_error(exc, f"creating object {key!r} in {path.parent}") from exc
         self._written = 0
         self._flushed = 0
+        self._linked = False  # the final name exists and is this object's
         self._committed = False
         self._writeback = _sync_file_range()
         self._background = background
         self._finished = False
-        self._synced: Future[None] | None = None  # the fdatasync started by finish()
-        # The names are made durable while the data arrives: on the background executor if there
-        # is one (the writer's caller keeps receiving meanwhile), else now; commit() waits for it.
-        self._named: Future[None] | None = None
+        self._durable: Future[None] | None = None  # the fdatasync, link and fsync started by finish()
+        self._named: Future[None] | None = None  # the fan-out folders' names
         if background is not None:
-            self._named = background.submit(sync_names)
+            self._named = background.submit(sync_folders)
         else:
             try:
-                sync_names()
+                sync_folders()
             except OSError as exc:
                 self.abort()
-                raise os_error(exc, f"creating object {key!r} in {path.parent}") from exc
+                raise os_error(exc, f"creating object {key!r} in {final.parent}") from exc
 
     def write(self, data: bytes | bytearray | memoryview) -> int:
         fd = self._fd  # abort() from another thread may close it; then os.write fails cleanly
@@ -139,41 +147,61 @@ class FileObjectWriter:
             self._flushed = self._written
         return len(data)
 
+    def _make_durable(self, fd: int) -> None:
+        """Data first, then the final name, then the folder holding it: the name never refers to
+        bytes a crash could lose."""
+        os.fdatasync(fd)
+        try:
+            os.link(self.path, self._final)
+        except FileExistsError:
+            raise ObjectExists(self.key) from None
+        self._linked = True
+        fsync_path(self._final.parent)
+
     def finish(self) -> None:
-        """Start the ``fdatasync`` on the background executor (without one, commit() does it)."""
+        """Start making the object durable on the background executor (without one, commit() does)."""
         self._finished = True
-        if self._fd is not None and self._synced is None and self._background is not None:
-            self._synced = self._background.submit(os.fdatasync, self._fd)
+        if self._fd is not None and self._durable is None and self._background is not None:
+            self._durable = self._background.submit(self._make_durable, self._fd)
 
     def commit(self) -> None:
         if self._fd is None:
             raise StorageError(f"object {self.key!r} was already committed or aborted")
         try:
-            if self._synced is not None:
-                self._synced.result()
+            if self._durable is not None:
+                self._durable.result()
             else:
-                os.fdatasync(self._fd)
+                self._make_durable(self._fd)
             if self._named is not None:
                 self._named.result()
-        except OSError as exc:
-            raise os_error(exc, f"making object {self.key!r} in {self.path.parent} durable") from exc
-        finally:
-            os.close(self._fd)
+        except BaseException as exc:
+            os.close(self._fd)  # abort() removes the names
             self._fd = None
+            if isinstance(exc, OSError):
+                raise os_error(exc, f"making object {self.key!r} in {self._final.parent} durable") from exc
+            raise
+        try:
+            os.unlink(self.path)  # the staging name; a crash before this leaves it to sweep_staging
+        except OSError:
+            pass
+        os.close(self._fd)
+        self._fd = None
         self._committed = True
 
     def abort(self) -> None:
         if self._committed:
             return
-        if self._synced is not None:  # the descriptor stays open until its fdatasync is done
-            self._synced.exception()
+        if self._durable is not None:  # the descriptor stays open until that work is done
+            self._durable.exception()
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
-        try:
-            os.unlink(self.path)
-        except FileNotFoundError:
-            pass
+        for name in (self._final, self.path) if self._linked else (self.path,):
+            try:
+                os.unlink(name)
+            except FileNotFoundError:
+                pass
+        self._linked = False
 
 
 class FilesystemStore:
@@ -197,10 +225,15 @@ class FilesystemStore:
 
     def _sync_names(self, path: Path) -> None:
         """Make every name on the path to the object at ``path`` durable: its own (an fsync of
-        its folder, always) and those of its two fan-out folders, each by an fsync of the folder
-        holding it unless this process has done that since it saw the folder exist. Whoever made a
-        folder, another writer or another process, its name is durable once this returns; a
-        folder is fsynced again only when there is something new in it."""
+        its folder, always) and those of its fan-out folders (:meth:`_sync_folders`)."""
+        self._sync_folders(path)
+        fsync_path(path.parent)
+
+    def _sync_folders(self, path: Path) -> None:
+        """Make the names of the two fan-out folders on ``path`` durable, each by an fsync of the
+        folder holding it unless this process has done that since it saw the folder exist.
+        Whoever made a folder, another writer or another process, its name is durable once this
+        returns; a folder is fsynced again only when there is something new in it."""
         level2 = path.parent
         level1 = level2.parent
         for folder, holder in ((level1, self.root), (level2, level1)):
@@ -210,7 +243,6 @@ class FilesystemStore:
                     if len(self._durable) >= _DURABLE_REMEMBERED:  # old days' folders: forget them
                         self._durable.clear()
                     self._durable.add(folder)
-        fsync_path(level2)
 
     def _make_parent(self, path: Path) -> None:
         """Make the object's fan-out folders where missing; the caller syncs :meth:`_sync_names`."""
@@ -226,12 +258,15 @@ class FilesystemStore:
 
     # -- writing -----------------------------------------------------------------------------
     def create(self, key: str, *, background: Executor | None = None) -> FileObjectWriter:
-        path = self.path_for(key)
+        final = self.path_for(key)
         try:
-            self._make_parent(path)
+            self._make_parent(final)
         except OSError as exc:
             raise os_error(exc, f"creating the folder of object {key!r} under {self.root}") from exc
-        return FileObjectWriter(key, path, partial(self._sync_names, path), background)
+        if os.path.lexists(final):  # early, for the caller; the link at commit refuses it anyway
+            raise ObjectExists(key)
+        staged = self._staging / f"{key}.{uuid.uuid4().hex[:8]}"
+        return FileObjectWriter(key, staged, final, partial(self._sync_folders, final), background)
 
     def put_file(self, key: str, path: Path) -> None:
         final = self.path_for(key)

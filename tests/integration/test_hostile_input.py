@@ -58,6 +58,7 @@ from tests.support.hostile import (
     pdu,
 )
 from tests.support.serve import PacsServer, proc_status_kib
+from tests.support.stores import contents
 from tests.support.web import RunningWeb
 
 SQLITE = pytest.mark.parametrize("backend", ["sqlite+file"])
@@ -81,13 +82,13 @@ def settings(settings: Settings) -> Settings:
 
 # -- what is kept ---------------------------------------------------------------------------------
 def kept(archive: Archive) -> tuple[dict[str, int], list[str]]:
-    """Index row counts and stored object keys."""
-    return archive.index.counts(), sorted(info.key for info in archive.store.iter_objects())
+    """Index row counts, stored object keys and staged files (tests.support.stores)."""
+    return archive.index.counts(), sorted(contents(archive.store))
 
 
 def back_to(archive: Archive, before: tuple[dict[str, int], list[str]], what: str) -> None:
     """Wait until the index and the store hold what they held ``before``: an object being received
-    is in the store under its key until it is committed or discarded."""
+    is in the store's staging folder until it is committed or discarded."""
     wait_until(lambda: kept(archive) == before, what)
 
 

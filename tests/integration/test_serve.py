@@ -77,11 +77,6 @@ def uid_of(path: Path) -> str:
     return str(pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID)
 
 
-def object_files(objects: Path) -> list[Path]:
-    """Object files of a filesystem store (its ``.staging`` folder left out)."""
-    return [p for p in objects.rglob("*") if p.is_file() and ".staging" not in p.parts]
-
-
 # -- defaults -----------------------------------------------------------------------------------
 def test_serve_with_only_a_data_dir_creates_the_embedded_archive_and_serves_both_faces(
     tmp_path: Path,
@@ -224,7 +219,12 @@ def test_unknown_setting_in_config_file_exits_2_naming_it(tmp_path: Path) -> Non
 
 # -- graceful stop ------------------------------------------------------------------------------
 @pytest.mark.parametrize("grace", [30, 0], ids=["grace-30s", "grace-0s"])
-def test_sigterm_during_a_large_store_keeps_index_and_objects_consistent(tmp_path: Path, grace: int) -> None:
+@pytest.mark.parametrize("stop_signal", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_stop_signal_during_a_large_store_keeps_index_and_objects_consistent(
+    tmp_path: Path, grace: int, stop_signal: signal.Signals
+) -> None:
+    """SIGTERM (a service manager) and SIGINT (Ctrl-C at a terminal) stop the server alike: the store
+    in flight finishes within the grace period or fails, and is never answered Success unless kept."""
     data = tmp_path / "archive"
     big = large_multiframe_file(tmp_path / "big.dcm", 200 * 1024**2, part_id="BIG-STOP")
     uid = uid_of(big)
@@ -239,13 +239,13 @@ def test_sigterm_during_a_large_store_keeps_index_and_objects_consistent(tmp_pat
             text=True,
         )
         try:
-            # The C-STORE is under way once its bytes land in a new object file.
+            # The C-STORE is under way once its bytes land in the staging file it is received into.
             wait_until(
-                lambda: any(p.stat().st_size > 1 << 20 for p in object_files(data / "objects")),
+                lambda: any(p.stat().st_size > 1 << 20 for p in (data / "objects" / ".staging").iterdir()),
                 timeout=60,
                 what="the transfer to start",
             )
-            server.signal(signal.SIGTERM)
+            server.signal(stop_signal)
             code = server.wait(timeout=grace + 60)
             output, _ = sender.communicate(timeout=120)
         finally:
@@ -269,11 +269,13 @@ def test_sigterm_during_a_large_store_keeps_index_and_objects_consistent(tmp_pat
     summary = FSCK_OK.search(fsck.stdout)
     assert summary is not None and summary.group(1) == ("1" if succeeded else "0"), fsck.stdout
     # A graceful stop is not a crash: an aborted receive discards its partial object
-    # (dicom_nodes/spool.py), so nothing is left for fsck to find even without a grace period.
+    # (dicom_nodes/spool.py), so nothing is left for fsck to find even without a grace period,
+    # and nothing in the staging folder either.
     leftovers = run_pacs("fsck", "--data-dir", data, "--grace-seconds", "0")
     assert leftovers.returncode == 0, (
         f"storescu {'succeeded' if succeeded else 'got no Success'}; after the stop:\n{leftovers.stdout}"
     )
+    assert list((data / "objects" / ".staging").iterdir()) == []
 
 
 # -- workers ------------------------------------------------------------------------------------

@@ -25,13 +25,15 @@ from pacs.errors import InvalidObject, ObjectMismatch, ResourceUnavailable
 from pacs.index.repository import Outcome
 from pacs.services.ingest import Expected, Incoming
 from tests.support.factories import diconde_dx, write
+from tests.support.stores import contents
 
 CTX = CallerContext(via="import", user="tester")
 EMPTY = {"components": 0, "inspections": 0, "series": 0, "instances": 0, "versions": 0}
 
 
 def object_keys(archive: Archive) -> set[str]:
-    return {obj.key for obj in archive.store.iter_objects()}
+    """Stored objects and staged files (tests.support.stores): a failed store leaves neither."""
+    return contents(archive.store)
 
 
 def stored_bytes(archive: Archive, sop_uid: str) -> bytes:

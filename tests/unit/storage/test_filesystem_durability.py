@@ -2,10 +2,12 @@
 
 The write rule answers Success only for a durable object: its data (``fdatasync``) and every name
 on its path (an fsync of the folder holding its name, and of the folders holding its fan-out
-folders' names until the process has made those durable once). With a background executor
-the fsyncs run there, not on the thread that writes the bytes (the one receiving them from the
-network), which only asks for write-back as it goes. The calls are observed by wrapping the real
-``os.fsync``/``os.fdatasync`` and the store's ``sync_file_range``, which still run.
+folders' names until the process has made those durable once). The bytes go to a staging file,
+which gets its final name (``link``) only once its data is durable, so a final name never holds a
+partial object. With a background executor the fsyncs and the link run there, not on the thread
+that writes the bytes (the one receiving them from the network), which only asks for write-back as
+it goes. The calls are observed by wrapping the real ``os.fsync``/``os.fdatasync``/``os.link`` and
+the store's ``sync_file_range``, which still run.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from typing import Any
 
 import pytest
 
-from storage import StorageError, filesystem
+from storage import ObjectExists, StorageError, filesystem
 from storage.filesystem import FilesystemStore
 
 CHUNK = 128 * 1024
@@ -51,7 +53,7 @@ def _fd_path(fd: int) -> str:
 @pytest.fixture
 def calls(monkeypatch: pytest.MonkeyPatch) -> Iterator[Calls]:
     seen = Calls()
-    real_fsync, real_fdatasync = os.fsync, os.fdatasync
+    real_fsync, real_fdatasync, real_link = os.fsync, os.fdatasync, os.link
 
     def fsync(fd: int) -> None:
         seen.add("fsync", _fd_path(fd))
@@ -60,6 +62,10 @@ def calls(monkeypatch: pytest.MonkeyPatch) -> Iterator[Calls]:
     def fdatasync(fd: int) -> None:
         seen.add("fdatasync", _fd_path(fd))
         real_fdatasync(fd)
+
+    def link(source: Any, target: Any, **kwargs: Any) -> None:
+        seen.add("link", (str(source), str(target)))
+        real_link(source, target, **kwargs)
 
     real_writeback = filesystem._sync_file_range()
     assert real_writeback is not None, "sync_file_range is expected on Linux"
@@ -73,6 +79,7 @@ def calls(monkeypatch: pytest.MonkeyPatch) -> Iterator[Calls]:
 
     monkeypatch.setattr(os, "fsync", fsync)
     monkeypatch.setattr(os, "fdatasync", fdatasync)
+    monkeypatch.setattr(os, "link", link)
     monkeypatch.setattr(filesystem, "_sync_file_range", sync_file_range)
     yield seen
 
@@ -93,17 +100,62 @@ def test_with_a_background_executor_the_writing_thread_does_not_wait_for_fsyncs(
         _write(writer, data)
         writer.finish()
         writer.commit()
-    path = store.path_for(key)
+    path, staged = store.path_for(key), str(writer.path)
     assert path.read_bytes() == data
+    assert list((store.root / ".staging").iterdir()) == []
 
-    background_thread = {thread for _, thread in calls.of("fsync") + calls.of("fdatasync")}
-    assert len(background_thread) == 1 and next(iter(background_thread)).startswith("store-sync")
-    # Every name on the object's path, outermost first, and the object's data.
-    assert [p for p, _ in calls.of("fsync")] == [str(store.root), str(path.parent.parent), str(path.parent)]
-    assert calls.of("fdatasync") == [(str(path), *background_thread)]
+    background = [(what, detail) for what, detail, thread in calls.seen if what != "writeback"]
+    assert {thread for what, _, thread in calls.seen if what != "writeback"} == {"store-sync_0"}
+    # The fan-out folders' names (outermost first) while the data arrived; then the data, the
+    # final name and the folder holding it, in that order.
+    assert background == [
+        ("fsync", str(store.root)),
+        ("fsync", str(path.parent.parent)),
+        ("fdatasync", staged),
+        ("link", (staged, str(path))),
+        ("fsync", str(path.parent)),
+    ]
     # Write-back was asked for each MiB as it was written, in order, by the writing thread.
     me = threading.current_thread().name
-    assert calls.of("writeback") == [((str(path), offset, 1 << 20), me) for offset in (0, 1 << 20, 2 << 20)]
+    assert calls.of("writeback") == [((staged, offset, 1 << 20), me) for offset in (0, 1 << 20, 2 << 20)]
+
+
+def test_an_object_has_no_final_name_until_it_is_whole_and_durable(tmp_path: Path, calls: Calls) -> None:
+    store = FilesystemStore(tmp_path / "objects")
+    key = uuid.uuid4().hex
+    with ThreadPoolExecutor(max_workers=1) as background:
+        writer = store.create(key, background=background)
+        _write(writer, os.urandom(SIZE))
+        assert writer.path.parent == store.root / ".staging" and writer.path.stat().st_size == SIZE
+        assert not store.path_for(key).exists()
+        assert list(store.iter_objects()) == []  # fsck sees nothing in flight
+        writer.finish()
+        writer.commit()
+    assert [info.key for info in store.iter_objects()] == [key]
+    assert list((store.root / ".staging").iterdir()) == []
+
+
+def test_a_key_taken_while_the_object_arrived_fails_the_commit_and_stays_intact(
+    tmp_path: Path, calls: Calls
+) -> None:
+    """``create`` refuses a key already taken; one taken after it (no writer of the archive does,
+    keys are random) is refused by the link at commit, and the other object is left as it is."""
+    store = FilesystemStore(tmp_path / "objects")
+    key = uuid.uuid4().hex
+    source = tmp_path / "other"
+    source.write_bytes(b"the other object")
+    with ThreadPoolExecutor(max_workers=1) as background:
+        writer = store.create(key, background=background)
+        writer.write(b"this object")
+        store.put_file(key, source)
+        writer.finish()
+        with pytest.raises(ObjectExists):
+            writer.commit()
+        writer.abort()
+        with pytest.raises(ObjectExists):
+            store.create(key, background=background)
+    assert store.path_for(key).read_bytes() == b"the other object"
+    assert list((store.root / ".staging").iterdir()) == []
 
 
 def _store_one(store: FilesystemStore, key: str, background: ThreadPoolExecutor) -> None:
@@ -207,6 +259,7 @@ def test_a_failed_folder_fsync_fails_the_commit_and_keeps_nothing(
         if executor is not None:
             executor.shutdown()
     assert not store.path_for(key).exists()
+    assert list((store.root / ".staging").iterdir()) == []
     # Nothing was remembered as durable: the next object tries again.
     monkeypatch.setattr(os, "fsync", spied_fsync)
     with ThreadPoolExecutor(max_workers=1) as again:
@@ -245,15 +298,18 @@ def test_without_an_executor_commit_syncs_the_same_on_the_writing_thread(
     writer = store.create(key)
     _write(writer, data)
     writer.commit()
-    path = store.path_for(key)
+    path, staged = store.path_for(key), str(writer.path)
     assert path.read_bytes() == data
-    me = threading.current_thread().name
-    assert calls.of("fsync") == [
-        (p, me) for p in (str(store.root), str(path.parent.parent), str(path.parent))
+    assert {thread for _, _, thread in calls.seen} == {threading.current_thread().name}
+    assert [(what, detail) for what, detail, _ in calls.seen if what != "writeback"] == [
+        ("fsync", str(store.root)),
+        ("fsync", str(path.parent.parent)),
+        ("fdatasync", staged),
+        ("link", (staged, str(path))),
+        ("fsync", str(path.parent)),
     ]
-    assert calls.of("fdatasync") == [(str(path), me)]
     assert [detail for detail, _ in calls.of("writeback")] == [
-        (str(path), offset, 1 << 20) for offset in (0, 1 << 20, 2 << 20)
+        (staged, offset, 1 << 20) for offset in (0, 1 << 20, 2 << 20)
     ]
 
 
@@ -287,10 +343,13 @@ def test_abort_waits_for_a_queued_fdatasync_before_closing_the_object(tmp_path: 
             aborting.start()
             aborting.join(0.3)
             assert aborting.is_alive(), "abort returned with the fdatasync still queued"
-            assert store.path_for(key).exists()
+            assert writer.path.exists()
         finally:
             release.set()
         aborting.join(10)
         assert not aborting.is_alive()
+    # The queued work ran to the end (the object was named), then abort removed both names.
+    assert [detail for detail, _ in calls.of("fdatasync")] == [str(writer.path)]
+    assert [detail for detail, _ in calls.of("link")] == [(str(writer.path), str(store.path_for(key)))]
     assert not store.path_for(key).exists()
-    assert [detail for detail, _ in calls.of("fdatasync")] == [str(store.path_for(key))]
+    assert list((store.root / ".staging").iterdir()) == []
