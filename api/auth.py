@@ -29,7 +29,7 @@ from starlette.applications import Starlette
 
 from api.deps import archive_of
 from pacs.audit import Action, AuditEvent, Outcome
-from pacs.context import CallerContext
+from pacs.context import CallerContext, host_port
 from pacs.security import FailedLogins, Permission, allows
 
 log = logging.getLogger(__name__)
@@ -50,7 +50,7 @@ def require(permission: Permission | None) -> Callable[..., CallerContext]:
     ) -> CallerContext:
         client = request.client
         host = client.host if client else "unknown"
-        address = f"{client.host}:{client.port}" if client else None
+        address = host_port(client.host, client.port) if client else None
         limiter = failed_logins(request.app)
         wait = limiter.retry_after(host)
         if wait:

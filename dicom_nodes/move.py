@@ -61,7 +61,7 @@ if TYPE_CHECKING:
     from dicom_nodes.server import Registry
 from pacs.archive import Archive
 from pacs.audit import Action, AuditEvent, Outcome
-from pacs.context import CallerContext
+from pacs.context import CallerContext, host_port
 from pacs.dicom import transcode
 from pacs.dicom.retrieve_keys import (
     InformationModel,
@@ -341,7 +341,9 @@ def unsendable(item: RetrieveItem) -> Dataset:
 def caller(event: Event, via: str) -> CallerContext:
     requestor = event.assoc.requestor
     return CallerContext(
-        via=via, ae_title=(requestor.ae_title or "").strip(), address=f"{requestor.address}:{requestor.port}"
+        via=via,
+        ae_title=(requestor.ae_title or "").strip(),
+        address=host_port(requestor.address, requestor.port),
     )
 
 

@@ -32,7 +32,7 @@ from pynetdicom.pdu_primitives import A_ASSOCIATE
 from dicom_nodes.spool import Spooler
 from pacs.audit import Action, AuditEvent, AuditTrail, Outcome
 from pacs.config import peer_role, split_peer
-from pacs.context import CallerContext
+from pacs.context import CallerContext, host_port
 from pacs.security import Permission, Role, allows
 
 log = logging.getLogger(__name__)
@@ -327,7 +327,9 @@ def _guard_find(handler: Handler, permission: Permission, audit: AuditTrail | No
 def _caller(event: Event, via: str) -> CallerContext:
     requestor = event.assoc.requestor
     return CallerContext(
-        via=via, ae_title=(requestor.ae_title or "").strip(), address=f"{requestor.address}:{requestor.port}"
+        via=via,
+        ae_title=(requestor.ae_title or "").strip(),
+        address=host_port(requestor.address, requestor.port),
     )
 
 

@@ -14,7 +14,7 @@ from dicom_nodes.spool import Spooler
 
 if TYPE_CHECKING:
     from dicom_nodes.server import Registry
-from pacs.context import CallerContext
+from pacs.context import CallerContext, host_port
 from pacs.diconde import encodings
 from pacs.diconde.encodings import STORED_TRANSFER_SYNTAXES
 from pacs.errors import InvalidObject, ObjectMismatch, ResourceUnavailable
@@ -49,7 +49,7 @@ def handle_store(event: Event, ingest: IngestService, spooler: Spooler) -> Datas
     ctx = CallerContext(
         via="c-store",
         ae_title=calling,
-        address=f"{assoc.requestor.address}:{assoc.requestor.port}",
+        address=host_port(assoc.requestor.address, assoc.requestor.port),
     )
     uid = str(request.AffectedSOPInstanceUID)
     expected = Expected(

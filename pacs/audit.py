@@ -33,7 +33,7 @@ from typing import Any
 from sqlalchemy import Connection, Engine, select, update
 from sqlalchemy.exc import SQLAlchemyError
 
-from pacs.context import CallerContext
+from pacs.context import CallerContext, host_of
 from pacs.errors import ResourceUnavailable
 from pacs.index.database import read_transaction, write_transaction
 from pacs.index.schema import audit_entry, audit_head, component, inspection, instance, series
@@ -599,7 +599,7 @@ def dicom_audit_message(entry: AuditEntry, source_id: str) -> str:
     if entry.ae_title:
         requestor["AlternativeUserID"] = f"AETITLES={entry.ae_title}"
     if entry.address:
-        requestor["NetworkAccessPointID"] = entry.address.rsplit(":", 1)[0]
+        requestor["NetworkAccessPointID"] = host_of(entry.address)
         requestor["NetworkAccessPointTypeCode"] = "2"  # IP address
     ET.SubElement(message, "ActiveParticipant", requestor)
     ET.SubElement(message, "ActiveParticipant", {"UserID": source_id, "UserIsRequestor": "false"})
