@@ -531,10 +531,9 @@ def _row(entry: AuditEntry) -> dict[str, Any]:
 
 
 def _entry(row: Any) -> AuditEntry:
-    at = row.at if row.at.tzinfo else row.at.replace(tzinfo=dt.UTC)
     return AuditEntry(
         seq=int(row.seq),
-        at=at,
+        at=row.at,
         action=row.action,
         outcome=row.outcome,
         via=row.via,

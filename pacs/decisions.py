@@ -200,7 +200,7 @@ class DecisionRepository:
                 Disposition(row.disposition),
                 row.comment,
                 row.user_name,
-                row.decided_at if row.decided_at.tzinfo else row.decided_at.replace(tzinfo=dt.UTC),
+                row.decided_at,
                 row.supersedes_id,
                 superseded_by.get(row.id),
             )

@@ -407,7 +407,7 @@ class RetentionService:
         ).first()
         if row is None:
             raise NotFound(f"no inspection with Study Instance UID {study_uid}")
-        date = _study_date(row.study_date) or _aware(row.created_at).date()
+        date = _study_date(row.study_date) or row.created_at.date()
         methods = tuple(m for m in (row.modalities_in_study or "").split("\\") if m)
         keep_until, rule = self.keep_until(row.part_id, methods, date)
         objects, size = conn.execute(
@@ -423,7 +423,7 @@ class RetentionService:
             keep_until,
             rule,
             self._active_hold(conn, row.part_id),
-            _aware(row.delete_requested_at) if row.delete_requested_at else None,
+            row.delete_requested_at,
             row.delete_requested_by,
             row.delete_reason,
             int(objects),
@@ -464,16 +464,12 @@ def _study_date(value: Any) -> dt.date | None:
     return None
 
 
-def _aware(value: dt.datetime) -> dt.datetime:
-    return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
-
-
 def _hold(row: Any) -> Hold:
     return Hold(
         row.part_id,
         row.reason,
         row.placed_by,
-        _aware(row.placed_at),
+        row.placed_at,
         row.released_by,
-        _aware(row.released_at) if row.released_at else None,
+        row.released_at,
     )

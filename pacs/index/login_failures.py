@@ -58,7 +58,7 @@ class LoginFailureRepository:
             raise ResourceUnavailable(f"index unavailable: {exc}") from exc
         if row is None:
             return 0.0
-        free_at = _aware(row.at) + dt.timedelta(seconds=window)
+        free_at = row.at + dt.timedelta(seconds=window)
         return max(0.0, (free_at - now).total_seconds())
 
 
@@ -70,8 +70,3 @@ def _expired(cutoff: dt.datetime, address: str | None = None) -> Select[tuple[in
     # PostgreSQL: rows another transaction is deleting are left to it. SQLite has no FOR UPDATE
     # (SQLAlchemy leaves it out) and needs none: its writers take turns.
     return query.order_by(login_failure.c.at).with_for_update(skip_locked=True)
-
-
-def _aware(value: dt.datetime) -> dt.datetime:
-    """SQLite hands back naive timestamps; they were written in UTC."""
-    return value if value.tzinfo is not None else value.replace(tzinfo=dt.UTC)

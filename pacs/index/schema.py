@@ -9,6 +9,7 @@ Alembic migration (``tests/unit/index/test_schema.py`` compares models and migra
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Any
 
 from sqlalchemy import (
@@ -24,6 +25,7 @@ from sqlalchemy import (
     MetaData,
     String,
     Table,
+    TypeDecorator,
     UniqueConstraint,
     false,
 )
@@ -43,7 +45,27 @@ metadata = MetaData(
 # SQLite only auto-increments an INTEGER PRIMARY KEY; PostgreSQL gets 64-bit ids.
 Id = BigInteger().with_variant(Integer(), "sqlite")
 Json = JSON().with_variant(JSONB(), "postgresql")
-Timestamp = DateTime(timezone=True)
+
+
+class UtcTimestamp(TypeDecorator[dt.datetime]):
+    """A point in time, read back aware and in UTC on every backend.
+
+    PostgreSQL's ``timestamptz`` does that by itself. SQLite keeps no time zone: a value is stored
+    as its UTC wall time and comes back naive, so it is given UTC again here, once, instead of at
+    every place that reads one. A naive value written is taken to be UTC, as the archive writes.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: dt.datetime | None, dialect: Any) -> dt.datetime | None:
+        return value.astimezone(dt.UTC) if value is not None and value.tzinfo is not None else value
+
+    def process_result_value(self, value: dt.datetime | None, dialect: Any) -> dt.datetime | None:
+        return value.replace(tzinfo=dt.UTC) if value is not None and value.tzinfo is None else value
+
+
+Timestamp = UtcTimestamp()
 
 
 def _attribute_columns(level: str, skip: set[str]) -> list[Column[Any]]:

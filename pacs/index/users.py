@@ -167,12 +167,7 @@ def _user(row: object) -> User:
     return User(
         name=row.name,  # type: ignore[attr-defined]
         role=Role(row.role),  # type: ignore[attr-defined]
-        created_at=_aware(row.created_at),  # type: ignore[attr-defined]
-        revoked_at=_aware(row.revoked_at) if row.revoked_at is not None else None,  # type: ignore[attr-defined]
-        expires_at=_aware(row.expires_at) if row.expires_at is not None else None,  # type: ignore[attr-defined]
+        created_at=row.created_at,  # type: ignore[attr-defined]
+        revoked_at=row.revoked_at,  # type: ignore[attr-defined]
+        expires_at=row.expires_at,  # type: ignore[attr-defined]
     )
-
-
-def _aware(value: dt.datetime) -> dt.datetime:
-    """SQLite hands back naive timestamps; they were written in UTC."""
-    return value if value.tzinfo is not None else value.replace(tzinfo=dt.UTC)

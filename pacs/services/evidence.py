@@ -459,13 +459,11 @@ def _version_numbers(rows: list[Any]) -> dict[int, int]:
 
 
 def _iso(value: dt.datetime) -> str:
-    if value.tzinfo is None:  # SQLite hands back naive datetimes; the archive writes UTC
-        value = value.replace(tzinfo=dt.UTC)
     return value.astimezone(dt.UTC).isoformat().replace("+00:00", "Z")
 
 
 def _packed(row: Any, path: str, number: int, *, current: bool, in_dicomdir: bool) -> PackedObject:
-    received_at = row.received_at if row.received_at.tzinfo else row.received_at.replace(tzinfo=dt.UTC)
+    received_at = row.received_at
     facts = {
         "kind": "instance",
         "sop_instance_uid": row.sop_instance_uid,
@@ -560,7 +558,7 @@ def _dicomdir(rows: list[Any], part_id: str, name: str | None) -> tuple[bytes, d
 
 
 def _stand_in(row: Any, part_id: str, name: str | None, series_number: int, instance_number: int) -> Dataset:
-    received = row.received_at if row.received_at.tzinfo else row.received_at.replace(tzinfo=dt.UTC)
+    received = row.received_at
     ds = Dataset()
     ds.SOPClassUID = UID(row.sop_class_uid or "1.2.840.10008.5.1.4.1.1.7")
     ds.SOPInstanceUID = UID(row.sop_instance_uid)

@@ -7,6 +7,7 @@ tables from the models and fail on the first production upgrade; this comparison
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -14,11 +15,11 @@ from typing import Any
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import Engine, inspect, text
+from sqlalchemy import Column, Engine, Integer, MetaData, Table, insert, inspect, select, text
 
 from pacs.index import migrate
 from pacs.index.database import create_index_engine
-from pacs.index.schema import metadata
+from pacs.index.schema import Timestamp, metadata
 
 DATABASES = ["sqlite", "postgresql"]
 
@@ -134,3 +135,22 @@ def test_upgrade_from_0001_fills_counts_names_and_modalities(empty_engine: Engin
             (1, 2),
             (2, 1),
         ]
+
+
+def test_timestamps_come_back_aware_in_utc_on_both_databases(empty_engine: Engine) -> None:
+    """SQLite keeps no time zone; ``Timestamp`` gives every database's values back the same way: the
+    same instant, aware, in UTC, whatever zone it was written in (a naive value counts as UTC)."""
+    table = Table("moments", MetaData(), Column("id", Integer, primary_key=True), Column("at", Timestamp))
+    table.create(empty_engine)
+    written = dt.datetime(2026, 11, 26, 23, 30, 5, 123456, tzinfo=dt.timezone(dt.timedelta(hours=2)))
+    naive_utc = dt.datetime(2026, 11, 26, 12, 0, 0)
+    with empty_engine.begin() as conn:
+        values = [{"id": 1, "at": written}, {"id": 2, "at": naive_utc}, {"id": 3, "at": None}]
+        conn.execute(insert(table), values)
+        rows = {row.id: row.at for row in conn.execute(select(table.c.id, table.c.at))}
+        # Comparisons in queries see the instant too.
+        later = conn.execute(select(table.c.id).where(table.c.at > naive_utc.replace(tzinfo=dt.UTC))).all()
+    assert rows[1] == written and rows[1].utcoffset() == dt.timedelta(0)
+    assert rows[2] == naive_utc.replace(tzinfo=dt.UTC) and rows[2].utcoffset() == dt.timedelta(0)
+    assert rows[3] is None
+    assert [row.id for row in later] == [1]
