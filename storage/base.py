@@ -94,7 +94,8 @@ class ObjectStore(Protocol):
         ...
 
     def create(self, key: str, *, background: Executor | None = None) -> ObjectWriter:
-        """Start writing a new object under ``key`` (:class:`ObjectExists` if the key is taken).
+        """Start writing a new object under ``key``. :class:`ObjectExists` if the key is taken:
+        from here where the store can tell at no cost, at the latest from :meth:`ObjectWriter.commit`.
 
         ``background``: where the store may do work of its own while the caller writes (making the
         new name durable, say); :meth:`ObjectWriter.commit` waits for that work.

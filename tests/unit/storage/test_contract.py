@@ -94,8 +94,15 @@ def test_put_on_an_existing_key_raises_and_keeps_the_original(store: ObjectStore
     with pytest.raises(ObjectExists) as caught:
         store.put_file(key, source_file(source_dir, b"replacement"))
     assert caught.value.key == key
+    # A writer is refused when it starts (filesystem) or at the latest when it commits (S3).
     with pytest.raises(ObjectExists):
-        store.create(key)
+        writer = store.create(key)
+        try:
+            writer.write(b"replacement")
+            writer.finish()
+            writer.commit()
+        finally:
+            writer.abort()
 
     assert read_all(store, key) == original
     assert store.stat(key).size == len(original)
