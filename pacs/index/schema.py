@@ -48,21 +48,27 @@ Json = JSON().with_variant(JSONB(), "postgresql")
 
 
 class UtcTimestamp(TypeDecorator[dt.datetime]):
-    """A point in time, read back aware and in UTC on every backend.
+    """A point in time, read back aware and in UTC on every backend, once here instead of at every
+    place that reads one.
 
-    PostgreSQL's ``timestamptz`` does that by itself. SQLite keeps no time zone: a value is stored
-    as its UTC wall time and comes back naive, so it is given UTC again here, once, instead of at
-    every place that reads one. A naive value written is taken to be UTC, as the archive writes.
+    PostgreSQL's ``timestamptz`` keeps the instant and hands it back in the session's time zone
+    (the server's setting): it is turned into UTC. SQLite keeps no time zone: a value is stored as
+    its UTC wall time and comes back naive, and is given UTC again. A naive value written is taken
+    to be UTC, as the archive writes, not the database session's local time.
     """
 
     impl = DateTime(timezone=True)
     cache_ok = True
 
     def process_bind_param(self, value: dt.datetime | None, dialect: Any) -> dt.datetime | None:
-        return value.astimezone(dt.UTC) if value is not None and value.tzinfo is not None else value
+        if value is None:
+            return None
+        return value.astimezone(dt.UTC) if value.tzinfo is not None else value.replace(tzinfo=dt.UTC)
 
     def process_result_value(self, value: dt.datetime | None, dialect: Any) -> dt.datetime | None:
-        return value.replace(tzinfo=dt.UTC) if value is not None and value.tzinfo is None else value
+        if value is None:
+            return None
+        return value.astimezone(dt.UTC) if value.tzinfo is not None else value.replace(tzinfo=dt.UTC)
 
 
 Timestamp = UtcTimestamp()

@@ -47,16 +47,8 @@ def provenance(archive: Archive, sop_instance_uid: str) -> list[Provenance]:
     )
     with archive.engine.connect() as conn:
         rows = conn.execute(query).all()
-    # SQLite keeps no time zone; the archive writes UTC (as pacs.services.evidence reads it back).
-    return [
-        Provenance(
-            row.received_via,
-            row.source_ae,
-            row.source_address,
-            row.received_at if row.received_at.tzinfo else row.received_at.replace(tzinfo=dt.UTC),
-        )
-        for row in rows
-    ]
+    # Aware, in UTC, on both databases (pacs.index.schema.Timestamp).
+    return [Provenance(row.received_via, row.source_ae, row.source_address, row.received_at) for row in rows]
 
 
 def c_store(node: RunningNode, path: Path, calling_ae: str) -> tuple[int, tuple[str, int]]:

@@ -138,18 +138,22 @@ def test_upgrade_from_0001_fills_counts_names_and_modalities(empty_engine: Engin
 
 
 def test_timestamps_come_back_aware_in_utc_on_both_databases(empty_engine: Engine) -> None:
-    """SQLite keeps no time zone; ``Timestamp`` gives every database's values back the same way: the
-    same instant, aware, in UTC, whatever zone it was written in (a naive value counts as UTC)."""
+    """SQLite keeps no time zone, PostgreSQL answers in the session's; ``Timestamp`` gives every
+    database's values back the same way: the same instant, aware, in UTC, whatever zone it was
+    written in (a naive value counts as UTC), whatever the PostgreSQL server's time zone."""
     table = Table("moments", MetaData(), Column("id", Integer, primary_key=True), Column("at", Timestamp))
     table.create(empty_engine)
+    berlin = empty_engine.dialect.name == "postgresql"
     written = dt.datetime(2026, 11, 26, 23, 30, 5, 123456, tzinfo=dt.timezone(dt.timedelta(hours=2)))
     naive_utc = dt.datetime(2026, 11, 26, 12, 0, 0)
     with empty_engine.begin() as conn:
+        if berlin:  # as a server configured for its site's zone would answer
+            conn.execute(text("SET TIME ZONE 'Europe/Berlin'"))
         values = [{"id": 1, "at": written}, {"id": 2, "at": naive_utc}, {"id": 3, "at": None}]
         conn.execute(insert(table), values)
         rows = {row.id: row.at for row in conn.execute(select(table.c.id, table.c.at))}
         # Comparisons in queries see the instant too.
-        later = conn.execute(select(table.c.id).where(table.c.at > naive_utc.replace(tzinfo=dt.UTC))).all()
+        later = conn.execute(select(table.c.id).where(table.c.at > naive_utc)).all()
     assert rows[1] == written and rows[1].utcoffset() == dt.timedelta(0)
     assert rows[2] == naive_utc.replace(tzinfo=dt.UTC) and rows[2].utcoffset() == dt.timedelta(0)
     assert rows[3] is None
