@@ -48,7 +48,7 @@ from dicom_nodes.transport import reactor_idle, tune
 if TYPE_CHECKING:
     from dicom_nodes.server import Registry
 from pacs.config import Settings
-from pacs.context import CallerContext
+from pacs.context import CallerContext, host_port
 from pacs.index.nodes import Node, NodeRepository
 from pacs.services.commitment import (
     CommitmentRequest,
@@ -105,7 +105,7 @@ def handle_n_action(event: Event, reporter: Reporter) -> tuple[Dataset, Dataset 
     ctx = CallerContext(
         via="n-action",
         ae_title=(assoc.requestor.ae_title or "").strip(),
-        address=f"{assoc.requestor.address}:{assoc.requestor.port}",
+        address=host_port(assoc.requestor.address, assoc.requestor.port),
     )
     if str(request.RequestedSOPClassUID) != SOP_CLASS:
         return _refuse(NO_SUCH_SOP_CLASS, f"N-ACTION for SOP class {request.RequestedSOPClassUID}", ctx)

@@ -33,7 +33,7 @@ from dicom_nodes.pending import PendingResponses
 if TYPE_CHECKING:
     from dicom_nodes.server import Registry
 from pacs.audit import Action, AuditEvent, AuditTrail, Outcome
-from pacs.context import CallerContext
+from pacs.context import CallerContext, host_port
 from pacs.errors import InvalidQuery, QueryModelMismatch, ResourceUnavailable
 from pacs.query.identifier import query_from_identifier
 from pacs.query.model import InformationModel, Query, SingleValue
@@ -102,7 +102,7 @@ def _audit(
     caller = CallerContext(
         via="c-find",
         ae_title=(requestor.ae_title or "").strip(),
-        address=f"{requestor.address}:{requestor.port}",
+        address=host_port(requestor.address, requestor.port),
     )
     part_id = None
     if query is not None:

@@ -80,7 +80,7 @@ from dicom_nodes.store import CANNOT_UNDERSTAND, DATA_SET_DOES_NOT_MATCH_SOP_CLA
 from dicom_nodes.transport import tune
 from pacs.archive import Archive
 from pacs.config import ConfigError, Settings
-from pacs.context import CallerContext
+from pacs.context import CallerContext, host_port
 from pacs.dicom import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME, retrieve_keys
 from pacs.dicom.retrieve_keys import InformationModel
 from pacs.dicom.transcode import TranscodeError, choose_transfer_syntax, prepare
@@ -584,7 +584,7 @@ class _GetReceiver:
     ) -> None:
         self.ingest = ingest
         self.spooler = spooler
-        self.ctx = CallerContext(via="c-get", ae_title=node.ae_title, address=f"{node.host}:{node.port}")
+        self.ctx = CallerContext(via="c-get", ae_title=node.ae_title, address=host_port(node.host, node.port))
         self.report = report
         self.progress = progress
         self.received = 0

@@ -36,7 +36,7 @@ from cryptography.hazmat.primitives import serialization
 from dicom_nodes.transport import RequestHandler
 from pacs.audit import Action, AuditEvent, AuditTrail, Outcome
 from pacs.config import ConfigError, Settings
-from pacs.context import CallerContext
+from pacs.context import CallerContext, host_port
 from pacs.index.nodes import Node
 
 log = logging.getLogger(__name__)
@@ -255,7 +255,7 @@ class TlsRequestHandler(RequestHandler):
             conn.settimeout(None)
         except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError; a timeout too
             _close(conn)
-            self._refused(f"{host}:{port}", exc)
+            self._refused(host_port(host, port), exc)
             return False
         if log.isEnabledFor(logging.DEBUG):
             cipher = conn.cipher()

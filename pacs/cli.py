@@ -27,7 +27,7 @@ from typing import Any
 from pacs import __version__
 from pacs.archive import Archive, open_archive
 from pacs.config import ConfigError, Settings, load_settings
-from pacs.context import CallerContext
+from pacs.context import CallerContext, host_port
 from pacs.errors import PacsError
 from pacs.evidence_cli import add_commands as add_evidence_commands
 from pacs.retention_cli import add_commands as add_retention_commands
@@ -555,7 +555,7 @@ def _nodes_add(settings: Settings, args: argparse.Namespace) -> int:
         _audit_change(
             archive,
             "node-change",
-            {"node": node.ae_title, "change": "add", "address": f"{node.host}:{node.port}"},
+            {"node": node.ae_title, "change": "add", "address": host_port(node.host, node.port)},
         )
     finally:
         archive.close()

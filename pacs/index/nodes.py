@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from sqlalchemy import Engine, delete, select
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
+from pacs.context import host_port
 from pacs.errors import NotFound, PacsError, ResourceUnavailable
 from pacs.index.database import read_transaction, write_transaction
 from pacs.index.schema import node
@@ -27,7 +28,7 @@ class Node:
     description: str | None = None
 
     def describe(self) -> str:
-        return f"{self.ae_title}@{self.host}:{self.port}" + (" (TLS)" if self.tls else "")
+        return f"{self.ae_title}@{host_port(self.host, self.port)}" + (" (TLS)" if self.tls else "")
 
 
 class NodeRepository:
