@@ -90,15 +90,21 @@ def _in_sender_order(ours: PresentationContext, requested: PresentationContext) 
 
 
 def log_refused_contexts(event: Event) -> None:
-    """``EVT_ACCEPTED``: one warning for an association accepted with refused contexts, none when
-    every context was accepted. A SOP class proposed in several contexts is named once per reason."""
+    """``EVT_ACCEPTED``: one line for an association accepted with refused contexts, none when
+    every context was accepted. A warning when a refused SOP class was accepted in no other
+    context (the peer cannot send it at all), else at INFO: senders often offer one class in
+    several contexts, one per encoding, and one of them is enough. A SOP class proposed in several
+    refused contexts is named once per reason."""
     assoc = event.assoc
     refused = assoc.rejected_contexts
     if not refused:
         return
     proposed = {cx.context_id: cx.transfer_syntax for cx in assoc.requestor.requested_contexts}
     reasons = dict.fromkeys(_why(cx, proposed.get(cx.context_id, [])) for cx in refused)
-    log.warning(
+    accepted = {str(cx.abstract_syntax) for cx in assoc.accepted_contexts}
+    lost = any(str(cx.abstract_syntax) not in accepted for cx in refused)
+    log.log(
+        logging.WARNING if lost else logging.INFO,
         "association from %s@%s accepted with %d of %d presentation contexts refused; %s",
         (assoc.requestor.ae_title or "").strip(),
         assoc.requestor.address,

@@ -256,6 +256,30 @@ def test_fully_accepted_association_logs_no_refused_context(
     assert warnings_of(caplog, "dicom_nodes.negotiation") == []
 
 
+def test_a_refused_context_of_a_class_accepted_in_another_is_logged_at_info(
+    archive: Archive, dicom_node: RunningNode, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Senders offer one SOP class in several contexts, one per encoding; one accepted is enough,
+    so the refusal of another is no warning."""
+    caplog.set_level(logging.INFO, logger="dicom_nodes.negotiation")
+    ae = AE(ae_title="MULTI_TS_SCU")
+    ae.add_requested_context(DigitalXRayImageStorageForPresentation, [JPIP])
+    ae.add_requested_context(DigitalXRayImageStorageForPresentation, [ExplicitVRLittleEndian])
+    assoc = ae.associate(dicom_node.host, dicom_node.port, ae_title=dicom_node.ae_title)
+    try:
+        assert assoc.is_established
+        assert [cx.result for cx in assoc.rejected_contexts] == [TRANSFER_SYNTAXES_NOT_SUPPORTED]
+        good, _ = good_file(tmp_path)
+        # Negotiation runs, and its log line is written, before the association serves a request.
+        assert assoc.send_c_store(good).Status == SUCCESS
+    finally:
+        assoc.release()
+
+    assert warnings_of(caplog, "dicom_nodes.negotiation") == []
+    [line] = [r.getMessage() for r in caplog.records if r.name == "dicom_nodes.negotiation"]
+    assert "MULTI_TS_SCU@127.0.0.1" in line and "1 of 2 presentation contexts refused" in line, line
+
+
 # -- re-sends --------------------------------------------------------------------------------------
 def test_identical_resend_is_success_without_a_second_version(
     archive: Archive, scu: Association, tmp_path: Path
