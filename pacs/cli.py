@@ -130,7 +130,9 @@ def _parser() -> argparse.ArgumentParser:
     current.set_defaults(run=_db_current)
 
     fsck = commands.add_parser("fsck", parents=[common], help="verify objects against the index")
-    fsck.add_argument("--repair", action="store_true", help="remove unreferenced objects")
+    fsck.add_argument(
+        "--repair", action="store_true", help="remove unreferenced objects and stale staging copies"
+    )
     fsck.add_argument("--quick", action="store_true", help="check existence and size only, not SHA-256")
     fsck.add_argument(
         "--grace-seconds",

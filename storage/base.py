@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import datetime as dt
 import errno
+import os
+import time
 from collections.abc import Iterator
 from concurrent.futures import Executor
 from dataclasses import dataclass
@@ -122,9 +124,41 @@ class ObjectStore(Protocol):
         """Raise :class:`StorageError` unless the store is reachable and writable."""
         ...
 
+    def stale_staging(self, older_than: float) -> list[ObjectInfo]:
+        """The local copies on their way into the store that were last written more than
+        ``older_than`` seconds ago: what a crash left (younger ones may belong to a process still
+        writing). ``key`` is the copy's file name."""
+        ...
+
     def sweep_staging(self, older_than: float) -> int:
-        """Remove local copies a crash left on their way into the store, older than ``older_than``
-        seconds (younger ones may belong to a process still writing); returns how many."""
+        """Remove the copies :meth:`stale_staging` lists; returns how many."""
         ...
 
     def close(self) -> None: ...
+
+
+def stale_files(paths: Iterator[Path], older_than: float) -> list[ObjectInfo]:
+    """Files among ``paths`` last written more than ``older_than`` seconds ago: the stores'
+    :meth:`ObjectStore.stale_staging`."""
+    limit = time.time() - older_than
+    stale = []
+    for path in paths:
+        try:
+            st = path.stat()
+        except FileNotFoundError:  # committed or aborted meanwhile
+            continue
+        if path.is_file() and st.st_mtime <= limit:
+            stale.append(ObjectInfo(path.name, st.st_size, dt.datetime.fromtimestamp(st.st_mtime, dt.UTC)))
+    return stale
+
+
+def remove_files(folder: Path, files: list[ObjectInfo]) -> int:
+    """Remove ``files`` (by name) from ``folder``; how many were still there."""
+    removed = 0
+    for info in files:
+        try:
+            os.unlink(folder / info.key)
+            removed += 1
+        except FileNotFoundError:
+            pass
+    return removed

@@ -19,9 +19,11 @@ data is durable.
   service gives one) the fsyncs run there, so the thread receiving the data does not wait for them
   and the durability cost overlaps the network transfer and the checks instead of following them.
 
-A crash leaves whole objects, at worst one under a key no index row names (a crash between its
-link and the index commit), which ``pacs fsck`` reports as unreferenced, and copies in
-``.staging``, which :meth:`FilesystemStore.sweep_staging` removes.
+A crash leaves whole objects only. An object named but not recorded (a crash between its link,
+which comes while the archive still checks it, and the index commit; or a rejected object whose
+removal was not yet durable) is one no index row names, which ``pacs fsck`` reports as
+unreferenced; copies in ``.staging`` are removed by :meth:`FilesystemStore.sweep_staging`, and
+reported and removed by ``pacs fsck`` too.
 """
 
 from __future__ import annotations
@@ -33,15 +35,23 @@ import os
 import re
 import shutil
 import threading
-import time
 import uuid
 from collections.abc import Callable, Iterator
-from concurrent.futures import Executor, Future
+from concurrent.futures import CancelledError, Executor, Future
 from functools import cache, partial
 from pathlib import Path
 from typing import BinaryIO
 
-from storage.base import ObjectExists, ObjectInfo, ObjectNotFound, StorageError, StorageFull, os_error
+from storage.base import (
+    ObjectExists,
+    ObjectInfo,
+    ObjectNotFound,
+    StorageError,
+    StorageFull,
+    os_error,
+    remove_files,
+    stale_files,
+)
 
 _KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{3,199}$")
 _STAGING = ".staging"
@@ -93,6 +103,10 @@ class FileObjectWriter:
     ``background`` while the data arrives if there is one (else now), waited for by commit.
     ``background``: an executor for the fsyncs and the link; the descriptor stays open until the
     work queued there has run.
+
+    ``write``, ``finish`` and ``abort`` may come from different threads (a connection that closes
+    aborts the object its association was receiving): they take turns on a lock, so a descriptor
+    is never closed under a write, whose number another file could meanwhile have taken.
     """
 
     def __init__(
@@ -119,8 +133,13 @@ class FileObjectWriter:
         self._finished = False
         self._durable: Future[None] | None = None  # the fdatasync, link and fsync started by finish()
         self._named: Future[None] | None = None  # the fan-out folders' names
+        self._lock = threading.Lock()
         if background is not None:
-            self._named = background.submit(sync_folders)
+            try:
+                self._named = background.submit(sync_folders)
+            except RuntimeError as exc:  # the executor is shut down: the service is closing
+                self.abort()
+                raise StorageError(f"creating object {key!r}: the store is shutting down") from exc
         else:
             try:
                 sync_folders()
@@ -129,22 +148,23 @@ class FileObjectWriter:
                 raise os_error(exc, f"creating object {key!r} in {final.parent}") from exc
 
     def write(self, data: bytes | bytearray | memoryview) -> int:
-        fd = self._fd  # abort() from another thread may close it; then os.write fails cleanly
-        if fd is None or self._finished:
-            raise StorageError(f"object {self.key!r} is closed for writing")
-        view = memoryview(data)
-        try:
-            while view:
-                n = os.write(fd, view)
-                view = view[n:]
-        except OSError as exc:
-            raise os_error(exc, f"writing object {self.key!r} in {self.path.parent}") from exc
-        self._written += len(data)
-        if self._writeback is not None and self._written - self._flushed >= _WRITEBACK_STEP:
-            # On the writing thread: queued on the background executor instead, these requests
-            # made one association of 2 MB images about 8% slower (paired, interleaved rounds).
-            self._writeback(fd, self._flushed, self._written - self._flushed)
-            self._flushed = self._written
+        with self._lock:
+            fd = self._fd
+            if fd is None or self._finished:
+                raise StorageError(f"object {self.key!r} is closed for writing")
+            view = memoryview(data)
+            try:
+                while view:
+                    n = os.write(fd, view)
+                    view = view[n:]
+            except OSError as exc:
+                raise os_error(exc, f"writing object {self.key!r} in {self.path.parent}") from exc
+            self._written += len(data)
+            if self._writeback is not None and self._written - self._flushed >= _WRITEBACK_STEP:
+                # On the writing thread: queued on the background executor instead, these requests
+                # made one association of 2 MB images about 8% slower (paired, interleaved rounds).
+                self._writeback(fd, self._flushed, self._written - self._flushed)
+                self._flushed = self._written
         return len(data)
 
     def _make_durable(self, fd: int) -> None:
@@ -159,49 +179,77 @@ class FileObjectWriter:
         fsync_path(self._final.parent)
 
     def finish(self) -> None:
-        """Start making the object durable on the background executor (without one, commit() does)."""
-        self._finished = True
-        if self._fd is not None and self._durable is None and self._background is not None:
-            self._durable = self._background.submit(self._make_durable, self._fd)
+        """Start making the object durable on the background executor (without one, or with one
+        shut down, commit() does it)."""
+        with self._lock:
+            self._finished = True
+            if self._fd is not None and self._durable is None and self._background is not None:
+                try:
+                    self._durable = self._background.submit(self._make_durable, self._fd)
+                except RuntimeError:  # the executor is shut down
+                    pass
 
     def commit(self) -> None:
-        if self._fd is None:
-            raise StorageError(f"object {self.key!r} was already committed or aborted")
+        with self._lock:
+            fd = self._fd
+            if fd is None:
+                raise StorageError(f"object {self.key!r} was already committed or aborted")
+            self._finished = True
+            durable = self._durable
         try:
-            if self._durable is not None:
-                self._durable.result()
+            if durable is not None:
+                durable.result()
             else:
-                self._make_durable(self._fd)
+                self._make_durable(fd)
             if self._named is not None:
                 self._named.result()
         except BaseException as exc:
-            os.close(self._fd)  # abort() removes the names
-            self._fd = None
+            self._close()  # abort() removes the names
             if isinstance(exc, OSError):
                 raise os_error(exc, f"making object {self.key!r} in {self._final.parent} durable") from exc
+            if isinstance(exc, CancelledError):  # abort() from another thread got there first
+                raise StorageError(f"object {self.key!r} was aborted") from exc
             raise
-        try:
-            os.unlink(self.path)  # the staging name; a crash before this leaves it to sweep_staging
-        except OSError:
-            pass
-        os.close(self._fd)
-        self._fd = None
-        self._committed = True
+        with self._lock:
+            if self._fd is None:  # aborted from another thread meanwhile: its names are gone
+                raise StorageError(f"object {self.key!r} was aborted")
+            try:
+                os.unlink(self.path)  # the staging name; a crash before this leaves it to the sweep
+            except OSError:
+                pass
+            os.close(self._fd)
+            self._fd = None
+            self._committed = True
 
     def abort(self) -> None:
-        if self._committed:
-            return
-        if self._durable is not None:  # the descriptor stays open until that work is done
-            self._durable.exception()
+        with self._lock:
+            if self._committed:
+                return
+            self._finished = True  # no more writes, and finish() starts nothing now
+            durable = self._durable
+        # Work not started yet is dropped (a rejected object needs no fdatasync); work running
+        # uses the descriptor, which stays open until it is done.
+        if durable is not None and not durable.cancel():
+            durable.exception()
+        with self._lock:
+            if self._committed:
+                return
+            self._close_locked()
+            for name in (self._final, self.path) if self._linked else (self.path,):
+                try:
+                    os.unlink(name)
+                except FileNotFoundError:
+                    pass
+            self._linked = False
+
+    def _close(self) -> None:
+        with self._lock:
+            self._close_locked()
+
+    def _close_locked(self) -> None:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
-        for name in (self._final, self.path) if self._linked else (self.path,):
-            try:
-                os.unlink(name)
-            except FileNotFoundError:
-                pass
-        self._linked = False
 
 
 class FilesystemStore:
@@ -305,17 +353,11 @@ class FilesystemStore:
         except OSError as exc:
             raise os_error(exc, f"deleting object {key!r} under {self.root}") from exc
 
+    def stale_staging(self, older_than: float) -> list[ObjectInfo]:
+        return stale_files(self._staging.glob("*"), older_than)
+
     def sweep_staging(self, older_than: float) -> int:
-        removed = 0
-        limit = time.time() - older_than
-        for entry in os.scandir(self._staging):
-            if entry.is_file() and entry.stat().st_mtime <= limit:
-                try:
-                    os.unlink(entry.path)
-                    removed += 1
-                except FileNotFoundError:
-                    pass
-        return removed
+        return remove_files(self._staging, self.stale_staging(older_than))
 
     # -- reading -----------------------------------------------------------------------------
     def open(self, key: str) -> BinaryIO:

@@ -14,7 +14,6 @@ import datetime as dt
 import io
 import os
 import tempfile
-import time
 from collections.abc import Iterator
 from concurrent.futures import Executor
 from pathlib import Path
@@ -24,7 +23,15 @@ import urllib3
 from minio import Minio
 from minio.error import MinioException, S3Error
 
-from storage.base import ObjectExists, ObjectInfo, ObjectNotFound, StorageError, os_error
+from storage.base import (
+    ObjectExists,
+    ObjectInfo,
+    ObjectNotFound,
+    StorageError,
+    os_error,
+    remove_files,
+    stale_files,
+)
 
 _MISSING = {"NoSuchKey", "NoSuchObject", "ResourceNotFound"}
 DEFAULT_PART_SIZE = 16 * 1024 * 1024  # minio reads a part into memory, up to 3 in parallel
@@ -236,17 +243,11 @@ class S3Store:
         except (MinioException, urllib3.exceptions.HTTPError, OSError) as exc:
             raise self._failed(exc, f"listing bucket {self.bucket!r}") from exc
 
+    def stale_staging(self, older_than: float) -> list[ObjectInfo]:
+        return stale_files(self.staging_dir.glob("s3-*.part"), older_than)
+
     def sweep_staging(self, older_than: float) -> int:
-        removed = 0
-        limit = time.time() - older_than
-        for path in self.staging_dir.glob("s3-*.part"):
-            try:
-                if path.stat().st_mtime <= limit:
-                    path.unlink()
-                    removed += 1
-            except FileNotFoundError:
-                pass
-        return removed
+        return remove_files(self.staging_dir, self.stale_staging(older_than))
 
     def check(self) -> None:
         try:

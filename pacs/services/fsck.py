@@ -4,7 +4,9 @@
   SHA-256 of its dataset and of its file meta — a mismatch is evidence that stored bytes changed;
 * every stored object is referenced by a version; unreferenced ones are what a crash between
   "object put" and "index committed" leaves behind, and ``repair`` removes them. Objects younger
-  than ``grace`` are skipped: on a running archive they may belong to a store still in flight.
+  than ``grace`` are skipped: on a running archive they may belong to a store still in flight;
+* the store's staging copies (objects that were still arriving) older than ``grace``: what a
+  crash during a receive leaves behind, possibly gigabytes; ``repair`` removes them too.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ Progress = Callable[[str, int], None]  # (phase, items just done)
 
 @dataclass
 class Problem:
-    kind: str  # missing, size, corrupt, unreadable, unreferenced
+    kind: str  # missing, size, corrupt, unreadable, unreferenced, staged
     key: str
     detail: str
 
@@ -34,13 +36,15 @@ class FsckReport:
     bytes_hashed: int = 0
     problems: list[Problem] = field(default_factory=list)
     removed: int = 0
+    removed_staged: int = 0
 
     def count(self, kind: str) -> int:
         return sum(1 for p in self.problems if p.kind == kind)
 
     @property
     def ok(self) -> bool:
-        return all(p.kind == "unreferenced" and p.detail.endswith("(removed)") for p in self.problems)
+        """Nothing wrong, or only leftovers that were removed."""
+        return all(p.kind in _LEFTOVERS and p.detail.endswith("(removed)") for p in self.problems)
 
     def summary(self) -> str:
         unreferenced = self.count("unreferenced")
@@ -51,6 +55,10 @@ class FsckReport:
             f"{self.count('unreadable')} unreadable",
             f"{unreferenced} unreferenced" + (f" ({self.removed} removed)" if self.removed else ""),
         ]
+        staged = self.count("staged")
+        if staged:  # rare: said only when there are some
+            removed = f" ({self.removed_staged} removed)" if self.removed_staged else ""
+            parts.append(f"{staged} stale staging copies{removed}")
         return "fsck: " + ", ".join(parts) + (" - OK" if self.ok else " - PROBLEMS FOUND")
 
 
@@ -93,6 +101,15 @@ class FsckService:
                     detail += " (removed)"
                 report.problems.append(Problem("unreferenced", obj.key, detail))
             step("scan", len(batch))
+
+        older_than = dt.datetime.now(dt.UTC).timestamp() - cutoff.timestamp()
+        stale = self.store.stale_staging(older_than)
+        if stale and repair:
+            report.removed_staged = self.store.sweep_staging(older_than)
+        for copy in stale:
+            written = f"{copy.modified:%Y-%m-%d %H:%M:%S}Z"
+            detail = f"staging copy {copy.key} ({copy.size} bytes, written {written}) of an interrupted store"
+            report.problems.append(Problem("staged", copy.key, detail + (" (removed)" if repair else "")))
         return report
 
     def _check_version(self, version: VersionRow, quick: bool, report: FsckReport) -> Problem | None:
@@ -100,6 +117,9 @@ class FsckService:
         if not quick and (problem is None or problem.kind == "corrupt"):
             report.bytes_hashed += version.size
         return None if problem is None else Problem(problem.kind, problem.key, problem.detail)
+
+
+_LEFTOVERS = frozenset({"unreferenced", "staged"})  # what a crash leaves; removing them repairs it
 
 
 def _batches(items: Iterator[ObjectInfo], size: int) -> Iterator[list[ObjectInfo]]:

@@ -190,3 +190,32 @@ def test_progress_reports_both_phases(archive: Archive, stored: list[VersionRow]
 
     archive.fsck().run(progress=progress)
     assert seen == {"verify": 3, "scan": 3}
+
+
+def test_a_staging_copy_a_crash_left_is_reported_and_removed_on_repair(
+    archive: Archive, stored: list[VersionRow]
+) -> None:
+    """A crash while an object arrives leaves its copy in the store's staging folder, under no key:
+    fsck names it (it may be gigabytes) once older than the grace period, and repair removes it.
+    An object still arriving is left alone."""
+    incoming = archive.ingest.receive()
+    incoming.write(b"\0" * 128 + b"DICM" + b"x" * 4000)  # the start of an object, never finished
+    left = incoming.path  # what a crash would leave
+    assert left.exists()
+
+    young = archive.fsck().run(repair=True)  # the default grace: it may be a store in flight
+    assert young.problems == [] and left.exists()
+
+    report = archive.fsck().run(now=now() + LATER)
+    [problem] = report.problems
+    assert (problem.kind, problem.key) == ("staged", left.name)
+    assert "4132 bytes" in problem.detail
+    assert not report.ok and "1 stale staging copies" in report.summary()
+    assert left.exists()  # reporting removes nothing
+
+    repaired = archive.fsck().run(now=now() + LATER, repair=True)
+    assert repaired.ok and repaired.removed_staged == 1
+    assert "(1 removed)" in repaired.summary().split("unreferenced")[1]
+    assert not left.exists()
+    assert archive.fsck().run(now=now() + LATER).problems == []
+    incoming.abort()  # the writer of a crashed process would not; here it finds nothing to remove

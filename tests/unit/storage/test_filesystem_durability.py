@@ -327,29 +327,96 @@ def test_put_file_syncs_the_copy_and_every_name_on_its_path(tmp_path: Path, call
     assert fsynced[1:] == [str(store.root), str(path.parent.parent), str(path.parent)]
 
 
-def test_abort_waits_for_a_queued_fdatasync_before_closing_the_object(tmp_path: Path, calls: Calls) -> None:
-    """A rejected object is aborted after finish() queued its fdatasync: the descriptor stays open
-    until it has run (closed first, the number could be reused by another file meanwhile)."""
+def test_abort_drops_durability_work_that_has_not_started(tmp_path: Path, calls: Calls) -> None:
+    """A rejected object aborted while its fdatasync and link are still queued: they never run (no
+    fsync for an object that is not kept, no name for it, not even briefly)."""
     store = FilesystemStore(tmp_path / "objects")
     key = uuid.uuid4().hex
     release = threading.Event()
     with ThreadPoolExecutor(max_workers=1) as background:
         writer = store.create(key, background=background)
-        background.submit(release.wait, 30)  # keeps the fdatasync below queued
+        background.submit(release.wait, 30)  # keeps the work below queued
         try:
             _write(writer, os.urandom(1 << 20))
             writer.finish()
+            writer.abort()  # returns at once: nothing of this object is running
+            assert not writer.path.exists()
+        finally:
+            release.set()
+    assert calls.of("fdatasync") == [] and calls.of("link") == []
+    assert not store.path_for(key).exists()
+    assert list((store.root / ".staging").iterdir()) == []
+
+
+def test_abort_waits_for_durability_work_running_before_closing_the_object(
+    tmp_path: Path, calls: Calls, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Aborted while its fdatasync runs: the descriptor stays open until that work is done (closed
+    first, its number could be reused by another file meanwhile), then both names go."""
+    store = FilesystemStore(tmp_path / "objects")
+    key = uuid.uuid4().hex
+    started, release = threading.Event(), threading.Event()
+    spied_fdatasync = os.fdatasync
+
+    def slow_fdatasync(fd: int) -> None:
+        started.set()
+        release.wait(30)
+        spied_fdatasync(fd)
+
+    monkeypatch.setattr(os, "fdatasync", slow_fdatasync)
+    with ThreadPoolExecutor(max_workers=1) as background:
+        writer = store.create(key, background=background)
+        try:
+            _write(writer, os.urandom(1 << 20))
+            writer.finish()
+            assert started.wait(10)
             aborting = threading.Thread(target=writer.abort)
             aborting.start()
             aborting.join(0.3)
-            assert aborting.is_alive(), "abort returned with the fdatasync still queued"
+            assert aborting.is_alive(), "abort returned while the fdatasync was running"
             assert writer.path.exists()
         finally:
             release.set()
         aborting.join(10)
         assert not aborting.is_alive()
-    # The queued work ran to the end (the object was named), then abort removed both names.
+    # The running work went to its end (the object was named), then abort removed both names.
     assert [detail for detail, _ in calls.of("fdatasync")] == [str(writer.path)]
     assert [detail for detail, _ in calls.of("link")] == [(str(writer.path), str(store.path_for(key)))]
     assert not store.path_for(key).exists()
+    assert list((store.root / ".staging").iterdir()) == []
+
+
+def test_abort_from_another_thread_waits_for_a_write_in_progress(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The connection of an association that is receiving closes: its object is aborted from
+    another thread while the receiving thread is inside a write. abort() waits for that write
+    before it closes the descriptor (closed under it, the number could be taken by a file opened
+    meanwhile, which the write would then corrupt); the next write fails cleanly."""
+    store = FilesystemStore(tmp_path / "objects")
+    writer = store.create(uuid.uuid4().hex)
+    in_write, release = threading.Event(), threading.Event()
+    real_write = os.write
+
+    def held_write(fd: int, data: Any) -> int:
+        in_write.set()
+        release.wait(30)
+        return real_write(fd, data)
+
+    monkeypatch.setattr(os, "write", held_write)
+    receiving = threading.Thread(target=writer.write, args=(b"a chunk",))
+    receiving.start()
+    try:
+        assert in_write.wait(10)
+        aborting = threading.Thread(target=writer.abort)
+        aborting.start()
+        aborting.join(0.3)
+        assert aborting.is_alive(), "abort closed the object while a write was using it"
+    finally:
+        release.set()
+    aborting.join(10)
+    receiving.join(10)
+    assert not aborting.is_alive() and not receiving.is_alive()
+    with pytest.raises(StorageError, match="closed for writing"):
+        writer.write(b"the next chunk")
     assert list((store.root / ".staging").iterdir()) == []
