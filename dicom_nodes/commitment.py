@@ -43,12 +43,13 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 )
 
 from dicom_nodes import store, tls
+from dicom_nodes.policy import caller
 from dicom_nodes.transport import reactor_idle, tune
 
 if TYPE_CHECKING:
     from dicom_nodes.server import Registry
 from pacs.config import Settings
-from pacs.context import CallerContext, host_port
+from pacs.context import CallerContext
 from pacs.index.nodes import Node, NodeRepository
 from pacs.services.commitment import (
     CommitmentRequest,
@@ -102,11 +103,7 @@ def handle_n_action(event: Event, reporter: Reporter) -> tuple[Dataset, Dataset 
     """Accept or refuse a storage commitment request; the verdict per instance comes later."""
     request = cast(N_ACTION, event.request)
     assoc = event.assoc
-    ctx = CallerContext(
-        via="n-action",
-        ae_title=(assoc.requestor.ae_title or "").strip(),
-        address=host_port(assoc.requestor.address, assoc.requestor.port),
-    )
+    ctx = caller(event, "n-action")
     if str(request.RequestedSOPClassUID) != SOP_CLASS:
         return _refuse(NO_SUCH_SOP_CLASS, f"N-ACTION for SOP class {request.RequestedSOPClassUID}", ctx)
     if str(request.RequestedSOPInstanceUID) != WELL_KNOWN_INSTANCE:

@@ -29,11 +29,11 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 )
 
 from dicom_nodes.pending import PendingResponses
+from dicom_nodes.policy import caller
 
 if TYPE_CHECKING:
     from dicom_nodes.server import Registry
 from pacs.audit import Action, AuditEvent, AuditTrail, Outcome
-from pacs.context import CallerContext, host_port
 from pacs.errors import InvalidQuery, QueryModelMismatch, ResourceUnavailable
 from pacs.query.identifier import query_from_identifier
 from pacs.query.model import InformationModel, Query, SingleValue
@@ -98,19 +98,14 @@ def _audit(
     audit: AuditTrail, event: Event, query: Query | None, outcome: Outcome, detail: dict[str, Any]
 ) -> None:
     """Queue the audit entry of one C-FIND: who asked, for which part, the level, the outcome."""
-    requestor = event.assoc.requestor
-    caller = CallerContext(
-        via="c-find",
-        ae_title=(requestor.ae_title or "").strip(),
-        address=host_port(requestor.address, requestor.port),
-    )
+    asking = caller(event, "c-find")
     part_id = None
     if query is not None:
         detail = {**detail, "level": str(query.level), "model": str(query.model)}
         for key in query.keys:
             if key.tag == PATIENT_ID and isinstance(key.matcher, SingleValue):
                 part_id = key.matcher.value
-    audit.record_later(AuditEvent(Action.QUERY, caller, outcome, part_id=part_id, detail=detail))
+    audit.record_later(AuditEvent(Action.QUERY, asking, outcome, part_id=part_id, detail=detail))
 
 
 def _answer(event: Event, search: SearchService, ae_title: str) -> Iterator[tuple[Any, Dataset | None]]:

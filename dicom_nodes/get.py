@@ -31,6 +31,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 )
 
 from dicom_nodes import move
+from dicom_nodes.policy import caller
 from dicom_nodes.store import storage_sop_classes
 
 if TYPE_CHECKING:
@@ -59,7 +60,7 @@ def register(registry: Registry) -> None:
 
 
 def handle_get(event: Event, archive: Archive, scratch_dir: Path) -> Iterator[Any]:
-    ctx = move.caller(event, "c-get")
+    ctx = caller(event, "c-get")
     keys = move.parse_identifier(event, GET_MODELS)  # checked already: raising here is a bug (0xC413)
     items = archive.retrieve.resolve(keys)
     log.info("C-GET from %s: %s -> %d instance(s)", ctx.describe(), keys.describe(), len(items))

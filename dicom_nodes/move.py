@@ -54,14 +54,14 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 )
 
 from dicom_nodes import tls
-from dicom_nodes.policy import NOT_AUTHORIZED, refusal
+from dicom_nodes.policy import NOT_AUTHORIZED, caller, refusal
 from dicom_nodes.transport import tune
 
 if TYPE_CHECKING:
     from dicom_nodes.server import Registry
 from pacs.archive import Archive
 from pacs.audit import Action, AuditEvent, Outcome
-from pacs.context import CallerContext, host_port
+from pacs.context import CallerContext
 from pacs.dicom import transcode
 from pacs.dicom.retrieve_keys import (
     InformationModel,
@@ -338,15 +338,6 @@ def unsendable(item: RetrieveItem) -> Dataset:
 
 
 # -- shared helpers -------------------------------------------------------------------------------
-def caller(event: Event, via: str) -> CallerContext:
-    requestor = event.assoc.requestor
-    return CallerContext(
-        via=via,
-        ae_title=(requestor.ae_title or "").strip(),
-        address=host_port(requestor.address, requestor.port),
-    )
-
-
 def parse_identifier(event: Event, models: dict[str, InformationModel]) -> RetrieveRequest:
     return parse_retrieve_identifier(event.identifier, models[str(event.context.abstract_syntax)])
 

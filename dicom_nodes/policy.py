@@ -291,7 +291,7 @@ def _audit_store(audit: AuditTrail, event: Event, status: Any) -> None:
         outcome = Outcome.FAILURE
     else:  # not authorised, cannot understand, SOP class not supported
         outcome = Outcome.REFUSED
-    caller = _caller(event, "c-store")
+    storer = caller(event, "c-store")
     request = cast(C_STORE, event.request)
     detail: dict[str, Any] = {"status": code, "sop_class_uid": str(request.AffectedSOPClassUID or "")}
     if outcome is not Outcome.SUCCESS and isinstance(status, Dataset) and "ErrorComment" in status:
@@ -299,7 +299,7 @@ def _audit_store(audit: AuditTrail, event: Event, status: Any) -> None:
     audit.record_later(
         AuditEvent(
             Action.STORE,
-            caller,
+            storer,
             outcome,
             detail=detail,
             instances=[str(request.AffectedSOPInstanceUID or "")],
@@ -314,7 +314,7 @@ def _guard_find(handler: Handler, permission: Permission, audit: AuditTrail | No
             if audit is not None:
                 audit.record_later(
                     AuditEvent(
-                        Action.QUERY, _caller(event, "c-find"), Outcome.REFUSED, detail={"reason": reason}
+                        Action.QUERY, caller(event, "c-find"), Outcome.REFUSED, detail={"reason": reason}
                     )
                 )
             yield _refused(event, "C-FIND", reason), None
@@ -324,7 +324,9 @@ def _guard_find(handler: Handler, permission: Permission, audit: AuditTrail | No
     return guarded
 
 
-def _caller(event: Event, via: str) -> CallerContext:
+def caller(event: Event, via: str) -> CallerContext:
+    """Who asks, on ``event``'s association: the calling AE title and the peer's ``host:port``,
+    for the services, their log lines and the audit trail."""
     requestor = event.assoc.requestor
     return CallerContext(
         via=via,

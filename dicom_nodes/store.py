@@ -10,11 +10,12 @@ from pynetdicom import evt
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.events import Event
 
+from dicom_nodes.policy import caller
 from dicom_nodes.spool import Spooler
 
 if TYPE_CHECKING:
     from dicom_nodes.server import Registry
-from pacs.context import CallerContext, host_port
+from pacs.context import CallerContext
 from pacs.diconde import encodings
 from pacs.diconde.encodings import STORED_TRANSFER_SYNTAXES
 from pacs.errors import InvalidObject, ObjectMismatch, ResourceUnavailable
@@ -44,13 +45,7 @@ def storage_sop_classes() -> list[str]:
 
 def handle_store(event: Event, ingest: IngestService, spooler: Spooler) -> Dataset:
     request = cast(C_STORE, event.request)
-    assoc = event.assoc
-    calling = (assoc.requestor.ae_title or "").strip()
-    ctx = CallerContext(
-        via="c-store",
-        ae_title=calling,
-        address=host_port(assoc.requestor.address, assoc.requestor.port),
-    )
+    ctx = caller(event, "c-store")
     uid = str(request.AffectedSOPInstanceUID)
     expected = Expected(
         sop_class_uid=str(request.AffectedSOPClassUID),

@@ -8,19 +8,11 @@ means neither an object nor a staged file: a failed or cut-off store must remove
 from __future__ import annotations
 
 from storage import ObjectStore
-from storage.filesystem import FilesystemStore
-from storage.s3 import S3Store
 
 
 def staged_files(store: ObjectStore) -> list[str]:
-    """Names of the store's local files of objects not committed (or not cleaned up)."""
-    if isinstance(store, FilesystemStore):
-        folder, pattern = store.root / ".staging", "*"
-    elif isinstance(store, S3Store):
-        folder, pattern = store.staging_dir, "s3-*.part"
-    else:
-        raise TypeError(f"no staging folder known for {type(store).__name__}")
-    return sorted(path.name for path in folder.glob(pattern))
+    """Names of the store's local files of objects not committed (or not cleaned up), however young."""
+    return sorted(info.key for info in store.stale_staging(older_than=float("-inf")))
 
 
 def contents(store: ObjectStore) -> set[str]:
