@@ -166,16 +166,20 @@ class RunningNode:
 
 
 def start_dicom_node(
-    archive: Archive, settings: Settings | None = None, services: Sequence[Any] | None = None
+    archive: Archive,
+    settings: Settings | None = None,
+    services: Sequence[Any] | None = None,
+    host: str = "127.0.0.1",
 ) -> RunningNode:
     """The node as ``pacs serve`` runs it (``services``: the DIMSE service modules' ``register``
-    functions, default all of ``dicom_nodes.server.SERVICES``)."""
+    functions, default all of ``dicom_nodes.server.SERVICES``), listening on ``host`` (an IPv6
+    address too)."""
     from dicom_nodes.policy import AssociationLimiter
     from dicom_nodes.server import SERVICES, DicomNode
     from dicom_nodes.spool import Spooler
 
     settings = settings or archive.settings
-    listening = socket.create_server(("127.0.0.1", 0))
+    listening = socket.create_server((host, 0), family=socket.AF_INET6 if ":" in host else socket.AF_INET)
     slots = multiprocessing.get_context("fork").Array("i", 1)
     node = DicomNode(
         settings,

@@ -18,7 +18,7 @@ from sqlalchemy import select
 
 from pacs.archive import Archive
 from pacs.index.schema import instance, instance_version
-from tests.conftest import RunningNode
+from tests.conftest import RunningNode, start_dicom_node
 from tests.support.factories import diconde_dx, write
 
 STORESCU = "/usr/bin/storescu"
@@ -132,3 +132,20 @@ def test_storescu_sender_is_recorded(archive: Archive, dicom_node: RunningNode, 
     host, _, port = version.source_address.rpartition(":")
     assert host == "127.0.0.1" and port.isdigit() and int(port) != dicom_node.port
     assert before <= version.received_at <= after, (before, version.received_at, after)
+
+
+def test_an_ipv6_peer_is_recorded_with_its_host_in_brackets(archive: Archive, tmp_path: Path) -> None:
+    """``[::1]:40000``, not ``::1:40000``, in the version and in the audit trail: host and port
+    stay apart (pacs.context.host_port)."""
+    node = start_dicom_node(archive, host="::1")
+    try:
+        ds = diconde_dx(part_id="PROV-V6", rows=32, columns=32)
+        status, (local_host, local_port) = c_store(node, write(ds, tmp_path / "dx.dcm"), "V6_DEVICE")
+    finally:
+        node.node.stop(grace=5)  # type: ignore[attr-defined]
+    assert status == 0x0000 and local_host == "::1"
+    (version,) = provenance(archive, ds.SOPInstanceUID)
+    assert version.source_address == f"[::1]:{local_port}"
+    assert archive.audit.flush()
+    [entry] = archive.audit.entries(part_id="PROV-V6", action="store")
+    assert entry.address == f"[::1]:{local_port}"
