@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import re
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -18,7 +19,7 @@ from fastapi.routing import APIRoute, RouteContext, iter_route_contexts
 from fastapi.staticfiles import StaticFiles
 from fastapi.testclient import TestClient
 from pydicom.dataset import Dataset
-from pynetdicom import AE, build_role
+from pynetdicom import AE, build_role, evt
 from pynetdicom.association import Association
 from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     DigitalXRayImageStorageForPresentation,
@@ -499,7 +500,17 @@ def node_with_peers(archive: Archive, *peers: str) -> Iterator[RunningNode]:
 
 
 @contextmanager
-def association(node: RunningNode, calling: str) -> Iterator[Association]:
+def association(
+    node: RunningNode, calling: str, reported: threading.Event | None = None
+) -> Iterator[Association]:
+    """An association from ``calling``; ``reported`` is set when a storage commitment report
+    arrives on it (the archive sends it there while the association is open)."""
+
+    def on_report(event: Any) -> int:
+        assert reported is not None
+        reported.set()
+        return 0x0000
+
     ae = AE(ae_title=calling)
     ae.acse_timeout = ae.dimse_timeout = 20
     for context in (
@@ -516,6 +527,7 @@ def association(node: RunningNode, calling: str) -> Iterator[Association]:
         node.port,
         ae_title=node.ae_title,
         ext_neg=[build_role(DigitalXRayImageStorageForPresentation, scu_role=True, scp_role=True)],
+        evt_handlers=[(evt.EVT_N_EVENT_REPORT, on_report)] if reported is not None else None,
     )
     assert assoc.is_established
     try:
@@ -555,7 +567,8 @@ def test_dimse_roles_from_the_allowlist(archive: Archive, tmp_path: Path) -> Non
     with node_with_peers(
         archive, "DR_PANEL=device", "WS1@127.0.0.1=inspector", "WS1=device", "OLD_SCU"
     ) as node:
-        with association(node, "DR_PANEL") as device:
+        reported = threading.Event()
+        with association(node, "DR_PANEL", reported) as device:
             assert device.send_c_echo().Status == 0x0000
             assert device.send_c_store(new).Status == 0x0000
             status, comment = final_status(
@@ -581,6 +594,8 @@ def test_dimse_roles_from_the_allowlist(archive: Archive, tmp_path: Path) -> Non
                 "1.2.840.10008.1.20.1.1",
             )
             assert commit.Status == 0x0000
+            # Released before the report arrives, this client would answer it from the wrong state.
+            assert reported.wait(20), "no storage commitment report on the open association"
 
         with association(node, "WS1") as inspector:  # from 127.0.0.1: the host entry's role
             refused = inspector.send_c_store(diconde_dx(part_id="ROLE-3"))
